@@ -1,0 +1,189 @@
+"""The ``bayesfan`` command line: simulate, fit, inspect, demo.
+
+Exit codes: 0 when every partition is ok or unconverged; 1 when some partition
+failed or was quarantined (the artifact of the rest is still written); 2 for
+bad input or configuration, reported as one line (``--debug`` for the traceback).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__.split("\n")[0])
+
+USAGE_ERRORS = ("DataError", "ModelNotFound", "ValidationError", "UsageError")
+
+
+def _fail(exc: BaseException, debug: bool) -> None:
+    if debug:
+        raise exc
+    message = " ".join(str(exc).split()) if type(exc).__name__ != "ValidationError" else _pydantic_line(exc)
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(2 if type(exc).__name__ in USAGE_ERRORS else 1)
+
+
+def _pydantic_line(exc) -> str:
+    first = exc.errors()[0]
+    where = ".".join(map(str, first["loc"])) or "config"
+    return f"invalid {where}: {first['msg']} (got {first.get('input')!r})"
+
+
+def _parse_options(pairs: list[str]) -> dict:
+    options = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise typer.BadParameter(f"--model-option {pair!r} is not KEY=VALUE")
+        try:
+            options[key] = json.loads(value)
+        except json.JSONDecodeError:
+            options[key] = value
+    return options
+
+
+@app.command()
+def simulate(
+    model: str = typer.Argument(..., help="model name or module.path:object"),
+    out: Path = typer.Option(..., "--out", help="data file to write (.parquet or .csv); truth.parquet goes beside it"),
+    partitions: int = typer.Option(64, "--partitions", min=1, help="number of partitions"),
+    length: int = typer.Option(168, "--length", min=1, help="rows (time steps for a series model) per partition"),
+    seed: int = typer.Option(0, "--seed", help="random seed"),
+    model_option: list[str] = typer.Option([], "--model-option", help="model option KEY=VALUE (repeatable)"),
+    debug: bool = typer.Option(False, "--debug", help="show tracebacks"),
+):
+    """Simulate data in the long format `fit` reads, plus truth.parquet with the true parameters."""
+    import numpy as np
+
+    from models import resolve_model
+
+    try:
+        spec = resolve_model(model, _parse_options(model_option))
+        frame, truth = spec.simulate(np.random.default_rng(seed), partitions, length)
+    except Exception as exc:  # noqa: BLE001 - one line unless --debug
+        _fail(exc, debug)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    frame.to_csv(out, index=False) if out.suffix == ".csv" else frame.to_parquet(out, index=False)
+    truth.to_parquet(out.parent / "truth.parquet", index=False)
+    typer.echo(f"wrote {len(frame)} rows in {partitions} partitions to {out} (truth: {out.parent / 'truth.parquet'})")
+
+
+@app.command()
+def fit(
+    data: str = typer.Option(..., "--data", help="Parquet or CSV: a local path or fsspec URL (s3://...)"),
+    model: str = typer.Option(..., "--model", help="registered model name, or module.path:object"),
+    partition_by: str = typer.Option(..., "--partition-by", help="comma-separated partition key columns"),
+    out: str = typer.Option(..., "--out", help="artifact directory: local path or s3://bucket/prefix"),
+    chains: int = typer.Option(4, help="NUTS chains per partition"),
+    warmup: int = typer.Option(500, help="warmup iterations per chain"),
+    draws: int = typer.Option(500, help="kept draws per chain"),
+    seed: int = typer.Option(0, help="run seed; per-partition keys derive from (seed, partition)"),
+    batch_size: int = typer.Option(32, "--batch-size", help="most partitions per batch (one compiled program)"),
+    workers: Optional[int] = typer.Option(None, help="worker processes (default: CPU count)"),
+    max_retries: int = typer.Option(3, "--max-retries", help="retries of a failed batch"),
+    model_option: list[str] = typer.Option([], "--model-option", help="model option KEY=VALUE (repeatable)"),
+    as_json: bool = typer.Option(False, "--json", help="print the run summary as JSON"),
+    debug: bool = typer.Option(False, "--debug", help="show tracebacks"),
+):
+    """Fit one model per partition and write the artifact to OUT."""
+    from bayesfan.config import FitConfig
+    from bayesfan.result import FitFailed
+
+    try:
+        config = FitConfig(
+            data=data, model=model, partition_by=partition_by, out=out, chains=chains, warmup=warmup,
+            draws=draws, seed=seed, batch_size=batch_size, workers=workers, max_retries=max_retries,
+            model_options=_parse_options(model_option),
+        )
+        from flows.fit import run_fit
+
+        result = run_fit(config)
+    except FitFailed as exc:
+        _report(exc.result, as_json)
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1)
+    except Exception as exc:  # noqa: BLE001 - one line unless --debug
+        _fail(exc, debug)
+    _report(result, as_json)
+
+
+@app.command()
+def inspect(out: str = typer.Argument(..., help="artifact directory or URL")):
+    """Counts by status, the worst partitions, and failures with their reasons."""
+    from bayesfan.result import FitResult
+
+    try:
+        result = FitResult(out)
+        result.manifest
+    except Exception as exc:  # noqa: BLE001
+        _fail(exc, False)
+    _report(result, False, detail=True)
+
+
+@app.command()
+def demo(out: Path = typer.Option(Path("demo-out"), "--out", help="where to write the data and artifact")):
+    """Simulate a small TV-viewing dataset (64 partitions) and fit it."""
+    data = out / "data" / "impressions.parquet"
+    _simulate_demo(data)
+    fit(
+        data=str(data), model="impressions_nb", partition_by="market,network", out=str(out / "artifact"),
+        chains=4, warmup=300, draws=300, seed=0, batch_size=32, workers=None, max_retries=3,
+        model_option=[], as_json=False, debug=False,
+    )
+
+
+def _simulate_demo(path: Path) -> None:
+    import numpy as np
+
+    from models import resolve_model
+
+    frame, truth = resolve_model("impressions_nb").simulate(np.random.default_rng(0), 64, 336)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    frame.to_parquet(path, index=False)
+    truth.to_parquet(path.parent / "truth.parquet", index=False)
+    typer.echo(f"simulated 64 partitions x 336 hours of impressions -> {path}")
+
+
+def _report(result, as_json: bool, detail: bool = False) -> None:
+    manifest = result.manifest
+    counts = manifest["counts"]
+    if as_json:
+        typer.echo(json.dumps({"path": result.path, "counts": counts, "worst_r_hat": manifest["worst_r_hat"],
+                               "min_ess_bulk": manifest["min_ess_bulk"], "run_id": manifest["run_id"]}))
+        return
+    typer.echo(
+        f"partitions: {counts['total']}  ok: {counts['ok']}  unconverged: {counts['unconverged']}  "
+        f"failed: {counts['failed']}  quarantined: {counts['quarantined']}"
+    )
+    worst = manifest["worst_r_hat"]
+    typer.echo(f"worst r_hat: {worst:.4f}" if worst is not None else "worst r_hat: n/a")
+    typer.echo(f"batches: {manifest['batches_total']} ({manifest['batches_reused']} reused)")
+    typer.echo(f"artifact: {result.path}")
+    partitions = manifest["partitions"]
+    if detail:
+        ranked = sorted(
+            (k for k, p in partitions.items() if p.get("r_hat_max") is not None),
+            key=lambda k: -partitions[k]["r_hat_max"],
+        )[:5]
+        for key in ranked:
+            p = partitions[key]
+            typer.echo(f"  worst: {key}  r_hat={p['r_hat_max']:.4f}  ess_bulk={p['ess_bulk_min']:.0f}  "
+                       f"divergences={p['divergences']}  status={p['status']}")
+    for key, p in partitions.items():
+        if p["status"] in ("failed", "quarantined") or (detail and p["status"] == "unconverged"):
+            typer.echo(f"  {p['status']}: {key}: {p['reason']}")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,57 @@
+"""Typed run configuration: the one object the CLI, the flow and the deployment form share."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from bayesfan.engine import SamplerConfig
+
+
+class FitConfig(BaseModel):
+    """Everything that determines a fit; the artifact records it in full."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    data: str = Field(description="Parquet or CSV file: a local path or any fsspec URL (s3://...)")
+    model: str = Field(description="registered model name, or module.path:object")
+    partition_by: tuple[str, ...] = Field(min_length=1, description="columns whose values name a partition")
+    out: str = Field(description="artifact directory: a local path or s3://bucket/prefix")
+    model_options: dict[str, object] = Field(default_factory=dict, description="the model's own options")
+    chains: int = Field(4, ge=1, le=64, description="NUTS chains per partition")
+    warmup: int = Field(500, ge=10, le=100_000, description="warmup (adaptation) iterations per chain")
+    draws: int = Field(500, ge=10, le=100_000, description="kept draws per chain")
+    seed: int = Field(0, ge=0, lt=2**31, description="the run's seed; per-partition keys derive from it")
+    target_accept: float = Field(0.8, gt=0.0, lt=1.0, description="NUTS target acceptance probability")
+    max_tree_depth: int = Field(10, ge=1, le=15, description="NUTS maximum tree depth")
+    batch_size: int = Field(64, ge=1, le=65_536, description="most partitions per batch (one task)")
+    workers: int | None = Field(None, ge=1, le=1024, description="worker processes (default: CPU count)")
+    max_retries: int = Field(3, ge=0, le=20, description="retries of a failed batch")
+    retry_delay: float = Field(1.0, ge=0.0, le=3600.0, description="first retry delay in seconds, doubling")
+    rhat_max: float = Field(1.01, gt=1.0, description="R-hat above this marks a partition unconverged")
+    ess_min: float = Field(100.0, ge=0.0, description="bulk ESS below this marks a partition unconverged")
+
+    @field_validator("partition_by", mode="before")
+    @classmethod
+    def _split_columns(cls, value):
+        if isinstance(value, str):
+            return tuple(c.strip() for c in value.split(",") if c.strip())
+        return value
+
+    @property
+    def sampler(self) -> SamplerConfig:
+        return SamplerConfig(self.chains, self.warmup, self.draws, self.target_accept, self.max_tree_depth)
+
+    def fingerprint_fields(self) -> dict:
+        """The fields a batch's identity depends on (not paths, workers or retries)."""
+        return self.model_dump(
+            mode="json", include={"model", "model_options", "chains", "warmup", "draws", "seed",
+                                  "target_accept", "max_tree_depth"}
+        )
+
+    def run_id(self, data_fingerprint: str) -> str:
+        """The run's id: the same fit config and input data give the same id."""
+        blob = json.dumps([self.fingerprint_fields(), data_fingerprint], sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:12]

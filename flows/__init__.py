@@ -1,0 +1,1 @@
+"""Prefect flows: thin wiring of the plain functions in tasks/."""

@@ -1,0 +1,1 @@
+"""Plain functions the flows wire together; each is testable without Prefect."""

@@ -1,0 +1,162 @@
+"""Sample one batch: pad and stack its partitions, fit them in one compiled program,
+write the result to storage, and return a small record (paths and diagnostics).
+
+Files of a finished batch, under ``<out>/batches/<batch_id>/``:
+``input.parquet`` (written by split), ``result.zarr.zip`` (a DataTree with groups
+``posterior``, ``sample_stats`` and ``adaptation``), ``summary.parquet``, and
+``done.json`` last, which holds the others' sha256 and makes the batch count as done.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import tempfile
+import time
+import zipfile
+
+import numpy as np
+import pandas as pd
+import xarray as xr
+from zarr.storage import ZipStore
+
+from bayesfan.engine import ChainOutput, SamplerConfig, enable_compilation_cache, fit_batch, partition_keys
+from bayesfan.storage import Store, sha256
+from models.base import Model
+from tasks.diagnose import summarize
+from tasks.split import BatchPlan, read_batch_input
+
+RESULT = "result.zarr.zip"
+SUMMARY = "summary.parquet"
+DONE = "done.json"
+
+
+def stack_partitions(model: Model, parts: list[pd.DataFrame], length: int, size: int) -> dict[str, np.ndarray]:
+    """Arrays with leading ``(size, length)`` axes plus a ``mask``; padding repeats real values."""
+    arrays = [model.arrays(rows) for rows in parts]
+    padded = {
+        name: np.stack([_pad_rows(a[name], length) for a in arrays]) for name in arrays[0]
+    }
+    padded["mask"] = np.stack([np.arange(length) < len(rows) for rows in parts])
+    return {name: _pad_partitions(a, size) for name, a in padded.items()}
+
+
+def _pad_rows(a: np.ndarray, length: int) -> np.ndarray:
+    widths = [(0, length - a.shape[0])] + [(0, 0)] * (a.ndim - 1)
+    return np.pad(a, widths, mode="edge")
+
+
+def _pad_partitions(a: np.ndarray, size: int) -> np.ndarray:
+    return np.concatenate([a, np.repeat(a[:1], size - a.shape[0], axis=0)]) if a.shape[0] < size else a
+
+
+def to_datatree(out: ChainOutput, partitions: list[str]) -> xr.DataTree:
+    """Engine output -> DataTree with dims ``(partition, chain, draw, ...)``; padding dropped."""
+    n = len(partitions)
+    coords = {"partition": np.asarray(partitions, dtype=str)}
+
+    def dataset(arrays: dict, lead: tuple[str, ...]) -> xr.Dataset:
+        variables = {}
+        for name, value in arrays.items():
+            value = np.asarray(value)[:n]
+            extra = tuple(f"{name}_dim_{i}" for i in range(value.ndim - len(lead)))
+            variables[name] = (lead + extra, value)
+        return xr.Dataset(variables, coords=coords)
+
+    stats = dict(out.stats)
+    stats["step_size"] = np.broadcast_to(out.step_size[..., None], out.stats["lp"].shape)
+    adaptation = {"step_size": out.step_size, "inverse_mass_matrix": out.inverse_mass_matrix}
+    return xr.DataTree.from_dict(
+        {
+            "posterior": dataset(out.samples, ("partition", "chain", "draw")),
+            "sample_stats": dataset(stats, ("partition", "chain", "draw")),
+            "adaptation": dataset(adaptation, ("partition", "chain")),
+        }
+    )
+
+
+def sample_batch(
+    out_url: str, plan: BatchPlan, model: Model, sampler: SamplerConfig, seed: int,
+    rhat_max: float, ess_min: float, attempt: int = 1,
+) -> dict:
+    """Fit every partition of ``plan`` and write its result; return the batch record."""
+    enable_compilation_cache()
+    store = Store(out_url)
+    rows = read_batch_input(store, plan)
+    parts = [rows[key] for key in plan.partitions]
+    data = stack_partitions(model, parts, plan.length, plan.size)
+    padded_keys = plan.partitions + [plan.partitions[0]] * (plan.size - len(plan.partitions))
+    keys = partition_keys(seed, padded_keys, sampler.chains)
+    start = time.perf_counter()
+    output = fit_batch(model.model, sampler, keys, data)
+    seconds = time.perf_counter() - start
+    tree = to_datatree(output, plan.partitions)
+    summary, verdicts = summarize(tree, rhat_max, ess_min)
+    result_bytes, summary_bytes = zip_datatree(tree), _parquet_bytes(summary)
+    store.write_bytes(result_bytes, "batches", plan.batch_id, RESULT)
+    store.write_bytes(summary_bytes, "batches", plan.batch_id, SUMMARY)
+    record = {
+        "batch_id": plan.batch_id,
+        "index": plan.index,
+        "attempt": attempt,
+        "sample_seconds": seconds,
+        "partitions": verdicts,
+        "sha256": {RESULT: sha256(result_bytes), SUMMARY: sha256(summary_bytes)},
+    }
+    store.write_json(record, "batches", plan.batch_id, DONE)
+    return record
+
+
+def finished_record(store: Store, plan: BatchPlan) -> dict | None:
+    """The batch's record if it is done and its files match their checksums, else None."""
+    if not store.exists("batches", plan.batch_id, DONE):
+        return None
+    try:
+        record = store.read_json("batches", plan.batch_id, DONE)
+        for name, digest in record["sha256"].items():
+            if sha256(store.read_bytes("batches", plan.batch_id, name)) != digest:
+                return None
+    except (OSError, ValueError, KeyError):
+        return None
+    if sorted(record["partitions"]) != sorted(plan.partitions):
+        return None
+    return record
+
+
+def load_result(store: Store, batch_id: str) -> xr.DataTree:
+    """A finished batch's DataTree, read fully into memory."""
+    data = store.read_bytes("batches", batch_id, RESULT)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, RESULT)
+        with open(path, "wb") as f:
+            f.write(data)
+        zstore = ZipStore(path, mode="r")
+        tree = xr.open_datatree(zstore, engine="zarr", consolidated=False).load()
+        zstore.close()
+    return tree
+
+
+def load_summary(store: Store, batch_id: str) -> pd.DataFrame:
+    return pd.read_parquet(io.BytesIO(store.read_bytes("batches", batch_id, SUMMARY)))
+
+
+def zip_datatree(tree: xr.DataTree) -> bytes:
+    """The tree as a zarr store packed in one zip (one object to checksum and upload)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        root = os.path.join(tmp, "tree.zarr")
+        tree.to_zarr(root, consolidated=False)
+        buffer = io.BytesIO()
+        with zipfile.ZipFile(buffer, "w", zipfile.ZIP_STORED) as zf:
+            for folder, _, files in sorted(os.walk(root)):
+                for name in sorted(files):
+                    full = os.path.join(folder, name)
+                    info = zipfile.ZipInfo(os.path.relpath(full, root), date_time=(2000, 1, 1, 0, 0, 0))
+                    with open(full, "rb") as f:
+                        zf.writestr(info, f.read())
+        return buffer.getvalue()
+
+
+def _parquet_bytes(frame: pd.DataFrame) -> bytes:
+    buffer = io.BytesIO()
+    frame.to_parquet(buffer, index=False)
+    return buffer.getvalue()
