@@ -134,7 +134,7 @@ def demo(out: Path = typer.Option(Path("demo-out"), "--out", help="where to writ
     _simulate_demo(data)
     fit(
         data=str(data), model="impressions_nb", partition_by="market,network", out=str(out / "artifact"),
-        chains=4, warmup=300, draws=300, seed=0, batch_size=32, workers=None, max_retries=3,
+        chains=4, warmup=300, draws=700, seed=0, batch_size=32, workers=None, max_retries=3,
         model_option=[], as_json=False, debug=False,
     )
 
@@ -144,11 +144,11 @@ def _simulate_demo(path: Path) -> None:
 
     from models import resolve_model
 
-    frame, truth = resolve_model("impressions_nb").simulate(np.random.default_rng(0), 64, 336)
+    frame, truth = resolve_model("impressions_nb").simulate(np.random.default_rng(0), 64, 168)
     path.parent.mkdir(parents=True, exist_ok=True)
     frame.to_parquet(path, index=False)
     truth.to_parquet(path.parent / "truth.parquet", index=False)
-    typer.echo(f"simulated 64 partitions x 336 hours of impressions -> {path}")
+    typer.echo(f"simulated 64 partitions x 168 hours of impressions -> {path}")
 
 
 def _report(result, as_json: bool, detail: bool = False) -> None:
