@@ -5,7 +5,9 @@ from __future__ import annotations
 import hashlib
 import json
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from bayesfan.engine import SamplerConfig
 
@@ -17,7 +19,7 @@ class FitConfig(BaseModel):
 
     data: str = Field(description="Parquet or CSV file: a local path or any fsspec URL (s3://...)")
     model: str = Field(description="registered model name, or module.path:object")
-    partition_by: tuple[str, ...] = Field(min_length=1, description="columns whose values name a partition")
+    partition_by: tuple[str, ...] = Field((), description="columns whose values name a partition")
     out: str = Field(description="artifact directory: a local path or s3://bucket/prefix")
     model_options: dict[str, object] = Field(default_factory=dict, description="the model's own options")
     chains: int = Field(4, ge=1, le=64, description="NUTS chains per partition")
@@ -30,6 +32,14 @@ class FitConfig(BaseModel):
     workers: int | None = Field(None, ge=1, le=1024, description="worker processes (default: CPU count)")
     max_retries: int = Field(3, ge=0, le=20, description="retries of a failed batch")
     retry_delay: float = Field(1.0, ge=0.0, le=3600.0, description="first retry delay in seconds, doubling")
+    mode: Literal["partitions", "consensus"] = Field(
+        "partitions", description="one model per partition, or one model on data split into shards"
+    )
+    shards: int = Field(4, ge=1, le=4096, description="consensus mode: number of data shards")
+    combine: Literal["consensus", "consensus-diag", "parametric", "semiparametric", "full"] = Field(
+        "consensus", description="consensus mode: how sub-posteriors are combined"
+    )
+    shard_by: str | None = Field(None, description="consensus mode: keep all rows of a group in one shard")
     rhat_max: float = Field(1.01, gt=1.0, description="R-hat above this marks a partition unconverged")
     ess_min: float = Field(100.0, ge=0.0, description="bulk ESS below this marks a partition unconverged")
 
@@ -40,6 +50,12 @@ class FitConfig(BaseModel):
             return tuple(c.strip() for c in value.split(",") if c.strip())
         return value
 
+    @model_validator(mode="after")
+    def _partition_columns_required(self):
+        if self.mode == "partitions" and not self.partition_by:
+            raise ValueError("partition mode needs partition_by (e.g. --partition-by market,network)")
+        return self
+
     @property
     def sampler(self) -> SamplerConfig:
         return SamplerConfig(self.chains, self.warmup, self.draws, self.target_accept, self.max_tree_depth)
@@ -48,7 +64,7 @@ class FitConfig(BaseModel):
         """The fields a batch's identity depends on (not paths, workers or retries)."""
         return self.model_dump(
             mode="json", include={"model", "model_options", "chains", "warmup", "draws", "seed",
-                                  "target_accept", "max_tree_depth"}
+                                  "target_accept", "max_tree_depth", "mode", "shards", "combine", "shard_by"}
         )
 
     def run_id(self, data_fingerprint: str) -> str:
