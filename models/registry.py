@@ -13,9 +13,10 @@ from pydantic import ValidationError
 from models.base import Model
 from models.impressions_nb import ImpressionsNB
 from models.linear_regression import LinearRegression
+from models.poisson_zero_hmm import PoissonZeroHMM
 
 REGISTRY: dict[str, type[Model]] = {
-    cls.name: cls for cls in (LinearRegression, ImpressionsNB)
+    cls.name: cls for cls in (LinearRegression, ImpressionsNB, PoissonZeroHMM)
 }
 
 
