@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import os
 import tempfile
+import warnings
 from collections import Counter
 
 import pandas as pd
@@ -89,7 +90,9 @@ def reduce_batches(
 def write_tree(store: Store, tree: xr.DataTree) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         local = os.path.join(tmp, "posterior.zarr")
-        tree.to_zarr(local, consolidated=True)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Consolidated metadata", category=UserWarning)
+            tree.to_zarr(local, consolidated=True)
         store.put_dir(local, "posterior.zarr")
 
 

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-SESSION_HOME = Path(os.environ.get("BAYESFAN_TEST_HOME", f"/tmp/bayesfan-tests-{os.getpid()}"))
+SESSION_HOME = Path(tempfile.mkdtemp(prefix="bayesfan-tests-"))
 
 os.environ["PREFECT_HOME"] = str(SESSION_HOME / "prefect")
 os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
