@@ -1,0 +1,1 @@
+"""A user's model package, as it would live outside bayesfan (used by tests/test_byo_model.py)."""
