@@ -11,4 +11,4 @@ if ! "$VENV/bin/checkov" --version 2>/dev/null | grep -qx "$VERSION"; then
     "$VENV/bin/python" -m pip install -q --disable-pip-version-check "checkov==$VERSION"
 fi
 export BC_SKIP_MAPPING=TRUE CHECKOV_RUN_SCA_PACKAGE_SCAN_V2=false
-exec "$VENV/bin/checkov" --skip-download --quiet --compact -f infra/bayesfan.yaml "$@"
+exec "$VENV/bin/checkov" --skip-download --compact -f infra/bayesfan.yaml "$@"
