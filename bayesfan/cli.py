@@ -15,7 +15,8 @@ from typing import Optional
 
 import typer
 
-os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+# The CLI reports outcomes itself (one line per error); Prefect's own logs are for --debug.
+os.environ.setdefault("PREFECT_LOGGING_LEVEL", "CRITICAL")
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__.split("\n")[0])
 
@@ -95,13 +96,17 @@ def fit(
     """Fit one model per partition and write the artifact to OUT."""
     from bayesfan.config import FitConfig
     from bayesfan.result import FitFailed
+    from models import resolve_model
 
+    if debug:
+        os.environ["PREFECT_LOGGING_LEVEL"] = "INFO"
     try:
         config = FitConfig(
             data=data, model=model, partition_by=partition_by, out=out, chains=chains, warmup=warmup,
             draws=draws, seed=seed, batch_size=batch_size, workers=workers, max_retries=max_retries,
             model_options=_parse_options(model_option),
         )
+        resolve_model(config.model, config.model_options)
         from flows.fit import run_fit
 
         result = run_fit(config)

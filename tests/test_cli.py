@@ -1,0 +1,95 @@
+"""The bayesfan command line, run as a user runs it: real processes, real files, exit codes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+
+BAYESFAN = [sys.executable, "-m", "bayesfan.cli"]
+SMALL = ["--chains", "2", "--warmup", "100", "--draws", "100", "--workers", "1"]
+
+
+def run(*args: str, cwd=None) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_LOGGING_LEVEL"}
+    return subprocess.run([*BAYESFAN, *args], capture_output=True, text=True, cwd=cwd, env=env, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def simulated(tmp_path_factory):
+    path = tmp_path_factory.mktemp("sim") / "data.parquet"
+    done = run("simulate", "linear_regression", "--partitions", "3", "--length", "30", "--seed", "1",
+               "--out", str(path))
+    assert done.returncode == 0, done.stderr
+    return path
+
+
+def test_help_explains_every_fit_option():
+    done = run("fit", "--help")
+    assert done.returncode == 0
+    for option in ("--data", "--model", "--partition-by", "--out", "--chains", "--warmup", "--draws", "--seed",
+                   "--batch-size", "--workers", "--max-retries"):
+        assert option in done.stdout
+
+
+def test_simulate_writes_data_and_truth(simulated):
+    frame = pd.read_parquet(simulated)
+    truth = pd.read_parquet(simulated.parent / "truth.parquet")
+    assert len(frame) == 90 and set(frame.columns) == {"partition", "x1", "x2", "y"}
+    assert list(truth.columns) == ["partition", "parameter", "value"]
+    assert set(truth["parameter"]) == {"alpha", "beta[0]", "beta[1]", "sigma"}
+
+
+def test_fit_succeeds_with_exit_0_and_inspect_reads_the_artifact(simulated, tmp_path):
+    out = tmp_path / "out"
+    done = run("fit", "--data", str(simulated), "--model", "linear_regression", "--partition-by", "partition",
+               "--out", str(out), "--json", *SMALL)
+    assert done.returncode == 0, done.stderr
+    summary = json.loads(done.stdout.strip().splitlines()[-1])
+    assert summary["counts"]["total"] == 3 and summary["counts"]["failed"] == 0
+    shown = run("inspect", str(out))
+    assert shown.returncode == 0 and "partitions: 3" in shown.stdout and "worst:" in shown.stdout
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--model", "no_such_model"], "unknown model 'no_such_model'"),
+        (["--model", "linear_regression", "--model-option", "y=target"], "missing column 'target'"),
+        (["--model", "linear_regression", "--chains", "0"], "invalid chains"),
+        (["--model", "linear_regression", "--model-option", "colour=red"], "option 'colour'"),
+    ],
+)
+def test_bad_input_exits_2_with_one_line(simulated, tmp_path, args, message):
+    done = run("fit", "--data", str(simulated), "--partition-by", "partition", "--out", str(tmp_path), *args)
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_missing_file_exits_2_naming_the_file(tmp_path):
+    missing = tmp_path / "nope.parquet"
+    done = run("fit", "--data", str(missing), "--model", "linear_regression", "--partition-by", "p",
+               "--out", str(tmp_path / "o"))
+    assert done.returncode == 2 and f"error: {missing}: no such file" in done.stderr
+
+
+def test_quarantined_partition_exits_1_and_keeps_the_rest(simulated, tmp_path):
+    frame = pd.read_parquet(simulated)
+    frame.loc[frame.partition == "p0001", "y"] = np.inf
+    data = tmp_path / "bad.csv"
+    frame.to_csv(data, index=False)
+    done = run("fit", "--data", str(data), "--model", "linear_regression", "--partition-by", "partition",
+               "--out", str(tmp_path / "out"), *SMALL)
+    assert done.returncode == 1
+    assert "quarantined: p0001: column 'y' has NaN or infinite values" in done.stdout
+    assert done.stderr.strip().splitlines()[-1].startswith("error: 0 partition(s) failed and 1 quarantined")
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert manifest["counts"] == {"ok": manifest["counts"]["ok"], "unconverged": manifest["counts"]["unconverged"],
+                                  "failed": 0, "quarantined": 1, "total": 3}
