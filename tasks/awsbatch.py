@@ -61,7 +61,8 @@ def call_with_backoff(
         except ClientError as exc:
             if exc.response.get("Error", {}).get("Code") not in THROTTLING_CODES or attempt == attempts - 1:
                 raise
-            sleep(random.uniform(0, min(cap, base * 2**attempt)))  # noqa: S311 - jitter, not crypto
+            # Jitter, not cryptography.
+            sleep(random.uniform(0, min(cap, base * 2**attempt)))  # nosec B311
 
 
 def child_index(environ: dict[str, str] | None = None) -> int:
