@@ -73,7 +73,7 @@ def test_template_contract(template):
     assert compute["MaxvCpus"] == {"Ref": "BatchMaxVcpus"}
 
 
-@pytest.mark.filterwarnings("ignore:Tried to parse AWS:::UserWarning")
+@pytest.mark.filterwarnings("ignore:Tried to parse:UserWarning")
 def test_stack_creates_in_moto_and_its_batch_queue_runs_children(moto, template):  # noqa: F811
     vpc, subnet, _ = network(moto)
     cloudformation = client("cloudformation", moto)
