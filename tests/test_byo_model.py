@@ -18,6 +18,8 @@ def bayesfan(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
         "PYTHONPATH": os.pathsep.join(filter(None, [str(PLUGINS), os.environ.get("PYTHONPATH")])),
         "PREFECT_HOME": str(tmp_path / "prefect"),
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        # A loaded CI machine can take longer than the default 20 s to start the ephemeral server.
+        "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180",
     }
     return subprocess.run([sys.executable, "-m", "bayesfan.cli", *args], capture_output=True, text=True,
                           env=env, timeout=600)
