@@ -133,6 +133,21 @@ def inspect(out: str = typer.Argument(..., help="artifact directory or URL")):
 
 
 @app.command()
+def report(
+    out: str = typer.Argument(..., help="artifact directory or URL"),
+    parameter: Optional[str] = typer.Option(None, "--parameter", help="parameter of the forest plot (default: first)"),
+    debug: bool = typer.Option(False, "--debug", help="show tracebacks"),
+):
+    """Write OUT/report.html: forest, convergence, trace, rank and predictive-check plots, failures."""
+    try:
+        from tasks.report import build_report
+
+        typer.echo(f"report: {build_report(out, parameter)}")
+    except Exception as exc:  # noqa: BLE001 - one line unless --debug
+        _fail(exc, debug)
+
+
+@app.command()
 def demo(out: Path = typer.Option(Path("demo-out"), "--out", help="where to write the data and artifact")):
     """Simulate a small TV-viewing dataset (64 partitions) and fit it."""
     data = out / "data" / "impressions.parquet"
