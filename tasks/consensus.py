@@ -195,22 +195,37 @@ def combine(subdraws: np.ndarray, method: str, rng_key: jax.Array, chains: int =
 
     For Gaussian sub-posteriors the product is Gaussian, and every method is exact.
     """
-    subs = [jnp.asarray(s) for s in subdraws]
     if method == "full":
-        if len(subs) != 1:
-            raise ValueError(f"method 'full' takes one shard, got {len(subs)}")
-        return np.asarray(subs[0])
+        if len(subdraws) != 1:
+            raise ValueError(f"method 'full' takes one shard, got {len(subdraws)}")
+        return np.asarray(subdraws[0])
+    if method not in METHODS:
+        raise ValueError(f"unknown combination method {method!r} (one of {', '.join(METHODS)})")
+    x, center, white = _whiten(np.asarray(subdraws))
+    subs = [jnp.asarray(xs, jnp.float32) for xs in x]
     if method in ("consensus", "consensus-diag"):
-        return np.asarray(consensus(subs, diagonal=method == "consensus-diag"))
-    if method == "parametric":
-        return np.asarray(parametric_draws(subs, subs[0].shape[0], rng_key=rng_key))
-    if method == "semiparametric":
-        return semiparametric_draws(np.asarray(subdraws), chains, rng_key)
-    raise ValueError(f"unknown combination method {method!r} (one of {', '.join(METHODS)})")
+        out = consensus(subs, diagonal=method == "consensus-diag")
+    elif method == "parametric":
+        out = parametric_draws(subs, x.shape[1], rng_key=rng_key)
+    else:
+        out = semiparametric_draws(x, chains, rng_key)
+    return (np.asarray(out, np.float64) @ white.T + center).astype(np.asarray(subdraws).dtype)
+
+
+def _whiten(subdraws: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``x = L⁻¹ (u − c)`` in float64, with ``c`` the pooled mean and ``L Lᵀ`` the mean sub-posterior
+    covariance: the methods are affine-equivariant, and float32 covariances of correlated,
+    differently scaled parameters are too ill-conditioned to invert."""
+    s_count, n, p = subdraws.shape
+    u = subdraws.astype(np.float64)
+    center = u.reshape(-1, p).mean(axis=0)
+    white = np.linalg.cholesky(np.mean([np.atleast_2d(np.cov(us.T)) for us in u], axis=0))
+    x = np.linalg.solve(white, (u - center).reshape(-1, p).T).T.reshape(s_count, n, p)
+    return x, center, white
 
 
 def semiparametric_draws(subdraws: np.ndarray, chains: int, rng_key: jax.Array) -> np.ndarray:
-    """Neiswanger et al. (2014) semiparametric product, ``(S, N, P)`` -> ``(N, P)``.
+    """Neiswanger et al. (2014) semiparametric product of whitened draws, ``(S, N, P)`` -> ``(N, P)``.
 
     Each sub-posterior is estimated as Hjort-Glad ``N(x|μ_s,Σ_s) Σ_t K_h(x − x_st) / N(x_st|μ_s,Σ_s)``;
     their product is the mixture over index tuples ``t = (t_1..t_S)`` of ``N(x | μ_t, Λ)`` with
@@ -219,16 +234,12 @@ def semiparametric_draws(subdraws: np.ndarray, chains: int, rng_key: jax.Array) 
     ``log W_t = −Σ_s |x_{s,t_s} − x̄_t|²/2h² + log N(x̄_t | μ, Σ + h²/S I) − Σ_s log N(x_{s,t_s} | μ_s, Σ_s)``.
     Tuples are drawn by independent Metropolis within Gibbs (a sweep proposes a uniform new
     index for each shard; ``SWEEPS`` sweeps per kept draw, after as many warm-up draws), then
-    ``x ~ N(μ_t, Λ)``. Draws are whitened by the mean sub-posterior covariance, and
+    ``x ~ N(μ_t, Λ)``. With draws in sub-posterior sds (``_whiten``),
     ``h² = S N^(-2/(4+P))``, so the product kernel ``N(x̄_t, h²/S)`` has a single KDE's
     bandwidth in sub-posterior sds (smaller h mixes badly; for Gaussian shards any h is unbiased).
     """
     s_count, n, p = subdraws.shape
-    x = subdraws.astype(np.float64)
-    center = x.reshape(-1, p).mean(axis=0)
-    covs = np.stack([np.atleast_2d(np.cov(xs.T)) for xs in x])
-    white = np.linalg.cholesky(covs.mean(axis=0))
-    x = np.linalg.solve(white, (x - center).reshape(-1, p).T).T.reshape(s_count, n, p)
+    x = subdraws
     means = x.mean(axis=1)
     precs = np.linalg.inv(np.stack([np.atleast_2d(np.cov(xs.T)) for xs in x]))
     cov = np.linalg.inv(precs.sum(axis=0))
@@ -275,8 +286,7 @@ def semiparametric_draws(subdraws: np.ndarray, chains: int, rng_key: jax.Array) 
 
     per_chain = n // chains
     out = jax.jit(jax.vmap(lambda k: chain(k, per_chain)))(random.split(rng_key, chains))
-    out = np.asarray(out, dtype=np.float64).reshape(-1, p)
-    return (out @ white.T + center).astype(subdraws.dtype)
+    return np.asarray(out, dtype=np.float64).reshape(-1, p)
 
 
 def _mvn_logpdf(x: np.ndarray, mean: np.ndarray, cov: np.ndarray) -> np.ndarray:

@@ -157,3 +157,23 @@ def test_unconverged_shard_refuses_combination(tmp_path):
     assert all(s["status"] == "unconverged" and s["rows"] == 40 for s in manifest["shards"].values())
     tree = xr.open_datatree(str(tmp_path / "out" / "posterior.zarr"), engine="zarr")
     assert "posterior" not in tree.children and tree["subposteriors"]["alpha"].dims == ("shard", "chain", "draw")
+
+
+def test_full_is_one_unfractionated_run(tmp_path):
+    from bayesfan.config import FitConfig
+    from flows.consensus import run_consensus
+
+    frame, _ = __import__("models").resolve_model("linear_regression").simulate(np.random.default_rng(0), 1, 80)
+    frame.to_parquet(tmp_path / "d.parquet", index=False)
+    result = run_consensus(FitConfig(data=str(tmp_path / "d.parquet"), model="linear_regression", mode="consensus",
+                                     combine="full", out=str(tmp_path / "out"), chains=2, warmup=100, draws=100,
+                                     ess_min=0, workers=1))
+    manifest = result.manifest
+    assert manifest["counts"]["total"] == 1 and manifest["partitions"]["all"]["status"] in ("ok", "unconverged")
+    assert {k: v["rows"] for k, v in manifest["shards"].items()} == {"shard-0000": 80}
+    assert manifest["improper_fractionated_priors"] == [] and manifest["disagreement"] == {}
+    tree = xr.open_datatree(str(tmp_path / "out" / "posterior.zarr"), engine="zarr")
+    assert set(tree.children) == {"posterior", "sample_stats", "adaptation"}
+    assert tree["posterior"]["beta"].dims == ("chain", "draw", "beta_dim_0")
+    assert tree["sample_stats"]["diverging"].dims == ("chain", "draw")
+    assert set(result.summary["partition"]) == {"all"} and len(result.summary) == 4
