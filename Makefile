@@ -29,6 +29,7 @@ test: setup
 
 bench: setup
 	$(VENV)/bin/bayesfan bench small --json benchmarks/results.json
+	BAYESFAN_BENCH=1 $(PY) -m pytest -q -s tests/test_recovery_hmm.py
 
 clean:
 	rm -rf $(VENV) .cache demo-out .pytest_cache
