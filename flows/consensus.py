@@ -21,7 +21,6 @@ import io
 import json
 import time
 
-import numpy as np
 import pandas as pd
 import xarray as xr
 from jax import random

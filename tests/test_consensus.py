@@ -140,6 +140,7 @@ def test_disagreement_statistic():
     assert frame.loc["b", "statistic"] > 1.5 and frame.loc["b", "p_value"] < 0.001
 
 
+@pytest.mark.slow
 def test_unconverged_shard_refuses_combination(tmp_path):
     from bayesfan.config import FitConfig
     from flows.consensus import CombinationRefused, run_consensus
@@ -159,6 +160,7 @@ def test_unconverged_shard_refuses_combination(tmp_path):
     assert "posterior" not in tree.children and tree["subposteriors"]["alpha"].dims == ("shard", "chain", "draw")
 
 
+@pytest.mark.slow
 def test_full_is_one_unfractionated_run(tmp_path):
     from bayesfan.config import FitConfig
     from flows.consensus import run_consensus

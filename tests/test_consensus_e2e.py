@@ -7,11 +7,9 @@ O(S/√n) posterior sds; at S = 4 (108 rows a shard) sigma lands 0.08-0.12 sd lo
 
 from __future__ import annotations
 
-import json
 import os
 import time
 
-import numpy as np
 import pandas as pd
 import pytest
 import xarray as xr
