@@ -80,7 +80,8 @@ def simulate(
 def fit(
     data: str = typer.Option(..., "--data", help="Parquet or CSV: a local path or fsspec URL (s3://...)"),
     model: str = typer.Option(..., "--model", help="registered model name, or module.path:object"),
-    partition_by: str = typer.Option(..., "--partition-by", help="comma-separated partition key columns"),
+    partition_by: str = typer.Option("", "--partition-by", help="comma-separated partition key columns "
+                                     "(required in partition mode)"),
     out: str = typer.Option(..., "--out", help="artifact directory: local path or s3://bucket/prefix"),
     chains: int = typer.Option(4, help="NUTS chains per partition"),
     warmup: int = typer.Option(500, help="warmup iterations per chain"),
@@ -90,6 +91,12 @@ def fit(
     workers: Optional[int] = typer.Option(None, help="worker processes (default: CPU count)"),
     max_retries: int = typer.Option(3, "--max-retries", help="retries of a failed batch"),
     model_option: list[str] = typer.Option([], "--model-option", help="model option KEY=VALUE (repeatable)"),
+    mode: str = typer.Option("partitions", help="partitions: one model per partition; consensus: one model, "
+                             "data split into shards"),
+    shards: int = typer.Option(4, help="consensus mode: number of data shards"),
+    combine: str = typer.Option("consensus", help="consensus mode: consensus, consensus-diag, parametric, "
+                                "semiparametric or full"),
+    shard_by: Optional[str] = typer.Option(None, "--shard-by", help="consensus mode: keep a group's rows in one shard"),
     as_json: bool = typer.Option(False, "--json", help="print the run summary as JSON"),
     debug: bool = typer.Option(False, "--debug", help="show tracebacks"),
 ):
@@ -104,12 +111,14 @@ def fit(
         config = FitConfig(
             data=data, model=model, partition_by=partition_by, out=out, chains=chains, warmup=warmup,
             draws=draws, seed=seed, batch_size=batch_size, workers=workers, max_retries=max_retries,
-            model_options=_parse_options(model_option),
+            model_options=_parse_options(model_option), mode=mode, shards=shards, combine=combine,
+            shard_by=shard_by,
         )
         resolve_model(config.model, config.model_options)
+        from flows.consensus import run_consensus
         from flows.fit import run_fit
 
-        result = run_fit(config)
+        result = (run_consensus if config.mode == "consensus" else run_fit)(config)
     except FitFailed as exc:
         _report(exc.result, as_json)
         typer.echo(f"error: {exc}", err=True)
@@ -155,7 +164,8 @@ def demo(out: Path = typer.Option(Path("demo-out"), "--out", help="where to writ
     fit(
         data=str(data), model="impressions_nb", partition_by="market,network", out=str(out / "artifact"),
         chains=4, warmup=300, draws=700, seed=0, batch_size=32, workers=None, max_retries=3,
-        model_option=[], as_json=False, debug=False,
+        model_option=[], mode="partitions", shards=4, combine="consensus", shard_by=None,
+        as_json=False, debug=False,
     )
 
 
@@ -186,6 +196,8 @@ def _report(result, as_json: bool, detail: bool = False) -> None:
     typer.echo(f"worst r_hat: {worst:.4f}" if worst is not None else "worst r_hat: n/a")
     typer.echo(f"batches: {manifest['batches_total']} ({manifest['batches_reused']} reused)")
     typer.echo(f"artifact: {result.path}")
+    for warning in manifest.get("warnings", []):
+        typer.echo(f"warning: {warning}")
     partitions = manifest["partitions"]
     if detail:
         ranked = sorted(

@@ -46,6 +46,11 @@ class Model(BaseModel):
     def model(self, mask, **arrays) -> None:
         raise NotImplementedError
 
+    def __call__(self, *args, **kwargs) -> None:
+        """A model object is its own NumPyro model function; being hashable by value,
+        it keys the compiled-program cache across equal instances."""
+        return self.model(*args, **kwargs)
+
     def simulate(self, rng: np.random.Generator, partitions: int, length: int):
         raise NotImplementedError(f"model {self.name!r} has no simulate()")
 

@@ -88,7 +88,7 @@ def sample_batch(
     padded_keys = plan.partitions + [plan.partitions[0]] * (plan.size - len(plan.partitions))
     keys = partition_keys(seed, padded_keys, sampler.chains)
     start = time.perf_counter()
-    output = fit_batch(model.model, sampler, keys, data)
+    output = fit_batch(model, sampler, keys, data)
     seconds = time.perf_counter() - start
     tree = to_datatree(output, plan.partitions)
     summary, verdicts = summarize(tree, rhat_max, ess_min)

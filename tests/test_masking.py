@@ -38,8 +38,8 @@ def test_masked_padding_leaves_log_density_unchanged():
 def test_padded_and_unpadded_partitions_give_the_same_posterior():
     part = rows(50, 2)
     keys = partition_keys(0, ["p"], CFG.chains)
-    exact = fit_batch(MODEL.model, CFG, keys, stack_partitions(MODEL, [part], 50, 1)).samples
-    padded = fit_batch(MODEL.model, CFG, keys, stack_partitions(MODEL, [part], 80, 1)).samples
+    exact = fit_batch(MODEL, CFG, keys, stack_partitions(MODEL, [part], 50, 1)).samples
+    padded = fit_batch(MODEL, CFG, keys, stack_partitions(MODEL, [part], 80, 1)).samples
     for name in exact:
         a, b = exact[name][0], padded[name][0]
         sd = a.reshape(-1, *a.shape[2:]).std(0)
@@ -49,9 +49,9 @@ def test_padded_and_unpadded_partitions_give_the_same_posterior():
 
 def test_draws_do_not_depend_on_batch_companions():
     parts = {"a": rows(60, 3), "b": rows(60, 4), "c": rows(55, 5)}
-    alone = fit_batch(MODEL.model, CFG, partition_keys(0, ["a", "a"], CFG.chains),
+    alone = fit_batch(MODEL, CFG, partition_keys(0, ["a", "a"], CFG.chains),
                       stack_partitions(MODEL, [parts["a"]], 64, 2)).samples
-    together = fit_batch(MODEL.model, CFG, partition_keys(0, ["c", "b", "a", "a"], CFG.chains),
+    together = fit_batch(MODEL, CFG, partition_keys(0, ["c", "b", "a", "a"], CFG.chains),
                          stack_partitions(MODEL, [parts["c"], parts["b"], parts["a"]], 64, 4)).samples
     for name in alone:
         np.testing.assert_allclose(together[name][2], alone[name][0], rtol=1e-5, atol=1e-6)
