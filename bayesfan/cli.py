@@ -169,6 +169,26 @@ def demo(out: Path = typer.Option(Path("demo-out"), "--out", help="where to writ
     )
 
 
+@app.command()
+def bench(
+    suite: str = typer.Argument(..., help="small, hmm, fanout or all"),
+    json_path: Optional[Path] = typer.Option(None, "--json", help="write every figure as JSON to this file"),
+    quick: bool = typer.Option(False, "--quick", help="tiny sizes: checks the suite runs, not how fast"),
+):
+    """Run a benchmark suite (benchmarks/README.md) and print its target ratios."""
+    from benchmarks import SUITES, run_suites
+    from benchmarks.report import headline
+
+    if suite not in (*SUITES, "all"):
+        raise typer.BadParameter(f"{suite!r} is not one of {', '.join(SUITES)}, all", param_hint="SUITE")
+    results = run_suites(suite, quick)
+    if json_path is not None:
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        json_path.write_text(json.dumps(results, indent=2) + "\n")
+    for line in headline(results):
+        typer.echo(line)
+
+
 def _simulate_demo(path: Path) -> None:
     import numpy as np
 

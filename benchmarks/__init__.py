@@ -1,0 +1,24 @@
+"""The benchmark of issue 4: ``bayesfan bench SUITE`` runs every system of a suite on one machine.
+
+Suites: ``small`` (bayesfan against stock NumPyro and PyMC), ``hmm`` (Ampersand's
+viewing HMM, cold and warm-started), ``fanout`` (orchestration cost only).
+Each suite module has ``run(quick: bool) -> dict``; ratios are the results,
+absolute seconds are context.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+SUITES = ("small", "hmm", "fanout")
+
+
+def run_suites(suite: str, quick: bool = False) -> dict:
+    """``{suite: results}`` for one suite, or every suite when ``suite == "all"``, plus the environment."""
+    from benchmarks.report import environment
+
+    names = SUITES if suite == "all" else (suite,)
+    if any(name not in SUITES for name in names):
+        raise ValueError(f"unknown suite {suite!r} (one of: {', '.join(SUITES)}, all)")
+    results = {"quick": quick, "environment": environment()}
+    return results | {name: importlib.import_module(f"benchmarks.{name}").run(quick) for name in names}

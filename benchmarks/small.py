@@ -1,0 +1,196 @@
+"""Suite ``small``: many small linear regressions, bayesfan against the ways users write it by hand.
+
+Systems, all on the same simulated data and NUTS settings:
+
+* ``fit``: bayesfan's full pipeline (``run_fit``: Prefect ephemeral API, process pool,
+  artifact and diagnostics), on the ``FitConfig`` defaults;
+* ``kernel``: the same batches through ``engine.fit_batch`` in this process, no Prefect;
+* ``numpyro_loop``: one ``MCMC(NUTS(model)).run`` per partition (timed on a subset, scaled);
+* ``pymc_loop``: one ``pm.Model`` and default ``pm.sample`` per partition (subset, scaled).
+
+Compiled programs start in JAX's persistent cache (a scheduled refit), so ``fit`` and
+``kernel`` each pay tracing and a cache load, not XLA compilation; ``one_off`` reports
+the seconds of tracing and compiling. Speedups are ratios of CPU seconds per partition;
+ESS is each partition's smallest bulk ESS, and ``ess_bulk_median`` the median over partitions.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+import warnings
+from pathlib import Path
+
+import jax
+import numpy as np
+import pandas as pd
+
+from bayesfan.config import FitConfig
+from bayesfan.engine import SamplerConfig, compiled_fit, enable_compilation_cache, fit_batch, partition_keys
+from benchmarks.measure import Cost, ess_bulk_min, lockstep_efficiency, measure
+from models import resolve_model
+from tasks.sample import stack_partitions
+from tasks.split import plan_batches, split_partitions
+
+FULL = {"partitions": 1000, "rows": 100, "sampler": SamplerConfig(4, 500, 500), "numpyro": 20, "pymc": 10}
+QUICK = {"partitions": 8, "rows": 100, "sampler": SamplerConfig(2, 100, 100), "numpyro": 2, "pymc": 1}
+SEED = 0
+
+
+def run(quick: bool = False) -> dict:
+    """Every system on one simulated table; per-system figures and the ratios."""
+    size = QUICK if quick else FULL
+    model = resolve_model("linear_regression")
+    frame, _ = model.simulate(np.random.default_rng(SEED), size["partitions"], size["rows"])
+    parts, _ = split_partitions(frame, ("partition",), model)
+    sampler, batch_size = size["sampler"], FitConfig.model_fields["batch_size"].default
+    one_off = warm_compilation_cache(model, parts, sampler, batch_size)
+    systems = {
+        "fit": bayesfan_fit(frame, sampler),
+        "kernel": bayesfan_kernel(model, parts, sampler, batch_size),
+        "numpyro_loop": numpyro_loop(model, parts, sampler, size["numpyro"]),
+        "pymc_loop": pymc_loop(model, parts, sampler, size["pymc"]),
+    }
+    fit = systems["fit"]
+    return {
+        "size": {k: (v._asdict() if k == "sampler" else v) for k, v in size.items()},
+        "one_off": one_off,
+        "systems": systems,
+        "speedup_vs_numpyro_loop": _ratio(systems["numpyro_loop"], fit),
+        "speedup_vs_pymc": _ratio(systems["pymc_loop"], fit),
+        "pipeline_over_kernel": fit["cpu_s_per_partition"] / systems["kernel"]["cpu_s_per_partition"],
+        "ess_per_cpu_s_vs_numpyro_loop": _ess_ratio(fit, systems["numpyro_loop"]),
+        "ess_per_cpu_s_vs_pymc": _ess_ratio(fit, systems["pymc_loop"]),
+    }
+
+
+def figures(cost: Cost, partitions: int, ess: np.ndarray, **extra) -> dict:
+    """Throughput, cost and efficiency of one system; ESS is each partition's smallest bulk ESS."""
+    cpu = cost.cpu_s / partitions
+    median_ess = float(np.median(ess))
+    return {
+        "partitions_timed": partitions,
+        "wall_s": cost.wall_s,
+        "cpu_s": cost.cpu_s,
+        "partitions_per_s": partitions / cost.wall_s,
+        "cpu_s_per_partition": cpu,
+        "ess_bulk_median": median_ess,
+        "ess_bulk_per_cpu_s": median_ess / cpu,
+        **extra,
+    }
+
+
+def warm_compilation_cache(model, parts: dict, sampler: SamplerConfig, batch_size: int) -> dict:
+    """Compile every batch shape once into the persistent cache; seconds spent tracing and compiling."""
+    enable_compilation_cache()
+    seconds = {"trace_s": 0.0, "compile_s": 0.0}
+    for length, size in {(p.length, p.size) for p in plan_batches(parts, batch_size, {})}:
+        keys = partition_keys(SEED, ["warm"] * size, sampler.chains)
+        data = stack_partitions(model, list(parts.values())[:1], length, size)
+        with measure() as trace:
+            lowered = compiled_fit(model.model, sampler).lower(keys, data)
+        with measure() as compile_:
+            lowered.compile()
+        seconds["trace_s"] += trace.wall_s
+        seconds["compile_s"] += compile_.wall_s
+    compiled_fit.cache_clear()
+    jax.clear_caches()
+    return seconds
+
+
+def bayesfan_fit(frame: pd.DataFrame, sampler: SamplerConfig) -> dict:
+    """(a) ``run_fit`` end to end: read, split, fan out, sample, diagnose, write the artifact."""
+    from flows.fit import run_fit
+
+    with tempfile.TemporaryDirectory() as tmp:
+        data = Path(tmp) / "data.parquet"
+        frame.to_parquet(data, index=False)
+        config = FitConfig(data=str(data), model="linear_regression", partition_by="partition",
+                           out=str(Path(tmp) / "out"), seed=SEED, **sampler._asdict())
+        with measure() as cost:
+            result = run_fit(config)
+        partitions = result.manifest["partitions"]
+        ess = np.array([p["ess_bulk_min"] for p in partitions.values()], dtype=float)
+        return figures(cost, len(partitions), ess, batches=result.manifest["batches_total"],
+                       workers=config.workers or os.cpu_count(), profile=profile(result.manifest, cost))
+
+
+def profile(manifest: dict, cost: Cost) -> dict:
+    """Where the pipeline's wall time goes: split, the sampling phase (and inside it, the
+    workers' ``fit_batch`` calls, tracing included), and the rest (API start, flow run, reduce)."""
+    timings = manifest["timings"]
+    return {
+        "split_s": timings["split_s"],
+        "sample_phase_s": timings["sample_s"],
+        "fit_batch_s_all_workers": sum(b["sample_seconds"] for b in manifest["batches"].values()),
+        "other_s": cost.wall_s - timings["split_s"] - timings["sample_s"],
+    }
+
+
+def bayesfan_kernel(model, parts: dict, sampler: SamplerConfig, batch_size: int) -> dict:
+    """(b) The same batches through ``fit_batch`` in this process: stacking, keys and sampling only."""
+    plans = plan_batches(parts, batch_size, {})
+    ess, lockstep = [], []
+    with measure() as cost:
+        outputs = []
+        for plan in plans:
+            data = stack_partitions(model, [parts[k] for k in plan.partitions], plan.length, plan.size)
+            padded = plan.partitions + [plan.partitions[0]] * (plan.size - len(plan.partitions))
+            keys = partition_keys(SEED, padded, sampler.chains)
+            outputs.append((len(plan.partitions), fit_batch(model.model, sampler, keys, data)))
+    for n, out in outputs:
+        ess.extend(ess_bulk_min({k: v[:n] for k, v in out.samples.items()}, ("partition", "chain", "draw")))
+        lockstep.append(lockstep_efficiency(out.stats["n_steps"]))
+    return figures(cost, len(parts), np.asarray(ess), batches=len(plans), lockstep_efficiency=float(np.mean(lockstep)))
+
+
+def numpyro_loop(model, parts: dict, sampler: SamplerConfig, count: int) -> dict:
+    """(c) Stock NumPyro as a user first writes it: a new ``MCMC`` and ``run`` per partition."""
+    from jax import random
+    from numpyro.infer import MCMC, NUTS
+
+    ess = []
+    with warnings.catch_warnings(), measure() as cost:
+        warnings.simplefilter("ignore")  # "not enough devices to run parallel chains": drawn sequentially
+        for i, rows in enumerate(list(parts.values())[:count]):
+            kernel = NUTS(model.model, target_accept_prob=sampler.target_accept,
+                          max_tree_depth=sampler.max_tree_depth)
+            mcmc = MCMC(kernel, num_warmup=sampler.warmup, num_samples=sampler.draws,
+                        num_chains=sampler.chains, progress_bar=False)
+            mcmc.run(random.PRNGKey(i), mask=np.ones(len(rows), bool), **model.arrays(rows))
+            ess.append(ess_bulk_min(mcmc.get_samples(group_by_chain=True)))
+    return figures(cost, count, np.asarray(ess))
+
+
+def pymc_loop(model, parts: dict, sampler: SamplerConfig, count: int) -> dict:
+    """(d) PyMC's default ``pm.sample`` per partition; skipped with a note when PyMC is absent."""
+    try:
+        import pymc as pm
+    except ImportError:
+        return {"skipped": "pymc is not installed (pip install -r requirements-bench.lock)"}
+    logging.getLogger("pymc").setLevel(logging.ERROR)
+    ess = []
+    with warnings.catch_warnings(), measure() as cost:
+        warnings.simplefilter("ignore")
+        for i, rows in enumerate(list(parts.values())[:count]):
+            arrays = model.arrays(rows)
+            with pm.Model():
+                alpha = pm.Normal("alpha", 0.0, 10.0)
+                beta = pm.Normal("beta", 0.0, 5.0, shape=arrays["x"].shape[1])
+                sigma = pm.HalfNormal("sigma", 5.0)
+                pm.Normal("y", alpha + pm.math.dot(arrays["x"], beta), sigma, observed=arrays["y"])
+                tree = pm.sample(sampler.draws, tune=sampler.warmup, chains=sampler.chains, random_seed=i,
+                                 target_accept=sampler.target_accept, progressbar=False)
+            posterior = tree["posterior"].to_dataset()
+            ess.append(ess_bulk_min({k: v.values for k, v in posterior.data_vars.items()}))
+    return figures(cost, count, np.asarray(ess), version=pm.__version__)
+
+
+def _ratio(baseline: dict, fit: dict) -> float | None:
+    """How many times fewer CPU seconds per partition ``fit`` needs than ``baseline``."""
+    return None if "skipped" in baseline else baseline["cpu_s_per_partition"] / fit["cpu_s_per_partition"]
+
+
+def _ess_ratio(fit: dict, baseline: dict) -> float | None:
+    return None if "skipped" in baseline else fit["ess_bulk_per_cpu_s"] / baseline["ess_bulk_per_cpu_s"]
