@@ -142,7 +142,8 @@ def bayesfan_kernel(model, parts: dict, sampler: SamplerConfig, batch_size: int)
     for n, out in outputs:
         ess.extend(ess_bulk_min({k: v[:n] for k, v in out.samples.items()}, ("partition", "chain", "draw")))
         lockstep.append(lockstep_efficiency(out.stats["n_steps"]))
-    return figures(cost, len(parts), np.asarray(ess), batches=len(plans), lockstep_efficiency=float(np.mean(lockstep)))
+    return figures(cost, len(parts), np.asarray(ess), batches=len(plans),
+                   lockstep_efficiency=float(np.mean(lockstep)))
 
 
 def numpyro_loop(model, parts: dict, sampler: SamplerConfig, count: int) -> dict:
