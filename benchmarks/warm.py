@@ -42,7 +42,9 @@ def from_tree(tree: xr.DataTree) -> WarmStart:
     )
 
 
-def run_chain(model: Callable, cfg: SamplerConfig, key: jax.Array, data: dict, warm: WarmStart) -> ChainOutput:
+def run_chain(
+    model: Callable, cfg: SamplerConfig, key: jax.Array, data: dict, warm: WarmStart
+) -> ChainOutput:
     """One warm NUTS chain: ``cfg.warmup`` step-size-only adaptation steps, then ``cfg.draws`` draws."""
     key_init, key_run = random.split(key)
     info = initialize_model(key_init, model, init_strategy=init_to_value(values=warm.params),

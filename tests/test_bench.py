@@ -1,0 +1,90 @@
+"""``bayesfan bench``: every suite runs end to end at --quick size and writes the keys the issue names.
+
+Figures are checked for presence and sign only; speed is the benchmark's business, never a test's.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+
+from benchmarks.measure import lockstep_efficiency, measure
+from benchmarks.report import headline
+
+BAYESFAN = [sys.executable, "-m", "bayesfan.cli"]
+
+
+def bench(*args: str) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_LOGGING_LEVEL"}
+    return subprocess.run([*BAYESFAN, "bench", *args], capture_output=True, text=True, env=env, timeout=1200)
+
+
+def positive(value) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value) and value > 0
+
+
+def run_quick(suite: str, tmp_path) -> dict:
+    path = tmp_path / "results.json"
+    done = bench(suite, "--quick", "--json", str(path))
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = json.loads(path.read_text())
+    assert results["quick"] is True and results["environment"]["cpus"] >= 1
+    return results
+
+
+@pytest.mark.slow
+def test_small_quick_writes_ratios_and_per_system_figures(tmp_path):
+    small = run_quick("small", tmp_path)["small"]
+    assert positive(small["speedup_vs_numpyro_loop"]) and positive(small["pipeline_over_kernel"])
+    pymc = small["systems"]["pymc_loop"]
+    assert positive(small["speedup_vs_pymc"]) or ("skipped" in pymc and small["speedup_vs_pymc"] is None)
+    for name in ("fit", "kernel", "numpyro_loop"):
+        system = small["systems"][name]
+        for key in ("partitions_per_s", "cpu_s_per_partition", "ess_bulk_per_cpu_s"):
+            assert positive(system[key]), (name, key)
+
+
+@pytest.mark.slow
+def test_hmm_quick_writes_ampersand_comparison_and_warm_start(tmp_path):
+    hmm = run_quick("hmm", tmp_path)["hmm"]
+    for key in ("cpu_s_per_chain", "speedup_vs_ampersand", "ess_bulk_min", "warm_start_speedup",
+                "us_per_series_gradient", "warm_ess_kept"):
+        assert positive(hmm[key]), key
+    assert positive(hmm["projection"]["cpu_hours"]) and positive(hmm["projection"]["usd"])
+    assert hmm["warm"]["warmup"] < hmm["size"]["sampler"]["warmup"]
+
+
+@pytest.mark.slow
+def test_fanout_quick_counts_prefect_task_runs(tmp_path):
+    (run,) = run_quick("fanout", tmp_path)["fanout"]["runs"].values()
+    assert run["partitions_fitted"] == 200
+    assert run["task_runs"] >= run["batches"] > 0
+    assert positive(run["wall_s"]) and positive(run["client_peak_rss_mb"])
+
+
+def test_unknown_suite_is_a_usage_error():
+    done = bench("nope", "--quick")
+    assert done.returncode == 2 and "nope" in done.stderr
+
+
+def test_measure_charges_child_processes():
+    busy = "import time\nwhile time.process_time() < 0.3: pass"
+    with measure() as cost:
+        subprocess.run([sys.executable, "-c", busy], check=True)
+    assert cost.cpu_s >= 0.3 and cost.wall_s > 0
+
+
+def test_lockstep_efficiency_is_mean_over_per_iteration_max():
+    steps = [[[1, 3]], [[3, 3]]]  # (partition, chain, draw): iteration maxima 3 and 3, mean 2.5
+    assert lockstep_efficiency(steps) == pytest.approx(2.5 / 3)
+
+
+def test_headline_marks_targets_met_and_missed():
+    results = {"small": {"speedup_vs_numpyro_loop": 60.0, "speedup_vs_pymc": None, "pipeline_over_kernel": 1.3}}
+    lines = headline(results)
+    assert lines[0].endswith("met)") and "n/a" in lines[1] and lines[2].endswith("missed)")
