@@ -173,6 +173,7 @@ def consensus_section(page: Page, tree: xr.DataTree, parameter: str) -> None:
     models = {str(s): xr.DataTree.from_dict({"posterior": sub.sel(shard=s, drop=True)}) for s in sub["shard"].values}
     models["combined"] = xr.DataTree.from_dict({"posterior": tree["posterior"].to_dataset()})
     collection = az.plot_forest(models, var_names=[parameter], combined=True, backend="matplotlib")
+    collection.add_legend("model")
     page.plot("consensus", collection, "each shard's sub-posterior (prior^(1/S)) and their combination")
 
 
