@@ -56,9 +56,9 @@ def sbc_pvalues(model, rows: list[pd.DataFrame], truth: dict[str, np.ndarray], s
     for name, true_values in truth.items():
         draws = out.samples[name][:, :, ::THIN]
         draws = draws.reshape(len(rows), -1, *draws.shape[3:])[:, :DRAWS_KEPT]
-        true = scalars(true_values, name, 1)
-        for label, posterior in scalars(draws, name, 2).items():
-            ranks = (posterior < true[label][:, None]).sum(axis=1)
+        posterior = scalars(draws, name, 2)
+        for label, true in scalars(true_values, name, 1).items():
+            ranks = (posterior[label] < true[:, None]).sum(axis=1)
             counts = np.bincount(ranks * BINS // (DRAWS_KEPT + 1), minlength=BINS)
             pvalues[label] = stats.chisquare(counts).pvalue
     return pvalues
