@@ -25,14 +25,14 @@ from tasks.sample import stack_partitions
 REPLICATIONS = 100
 DRAWS_KEPT = 99
 BINS = 10
-SAMPLER = SamplerConfig(chains=2, warmup=200, draws=200)
-THIN = 4
+SAMPLER = SamplerConfig(chains=2, warmup=150, draws=150)
+THIN = 3
 #: Per-parameter p-value threshold: a correct fit fails any of ~16 tests with probability about 1.6%.
 P_MIN = 1e-3
 #: An SBC-friendly prior (their default mu prior sits far from any data, xi ~ N(0, 100) is nearly flat).
 HMM = PoissonZeroHMM(mu_mean=20.0, mu_var=100.0, xi_scale=1.0)
-HMM_LENGTH = 64
-NB_LENGTH = 96
+HMM_LENGTH = 48
+NB_LENGTH = 48
 
 
 def prior_draws(model, n: int, seed: int, **arrays) -> dict[str, np.ndarray]:
