@@ -81,7 +81,7 @@ def headline_markdown(manifest: dict) -> str:
         "",
         status_line,
         "",
-        "| | |",
+        "| measure | value |",
         "| --- | --- |",
         f"| worst R-hat | {'n/a' if worst is None else f'{worst:.4f}'} |",
         f"| batches | {manifest.get('batches_total', 0)} ({manifest.get('batches_reused', 0)} reused) |",
