@@ -6,3 +6,5 @@ __version__ = "0.1.0"
 
 # bayesfan never phones home: Prefect's server telemetry stays off unless a user turns it on.
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+# A loaded 2-core machine can take longer than Prefect's 20 s default to start the ephemeral API.
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")

@@ -20,7 +20,9 @@ os.environ.setdefault("PREFECT_LOGGING_LEVEL", "CRITICAL")
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__.split("\n")[0])
 
-USAGE_ERRORS = ("DataError", "ModelNotFound", "ValidationError", "UsageError")
+USAGE_ERRORS = (
+    "DataError", "ModelNotFound", "ValidationError", "UsageError", "BadParameter", "StorageError", "IncompleteArtifact",
+)
 
 
 def _fail(exc: BaseException, debug: bool) -> None:
@@ -114,11 +116,10 @@ def fit(
             model_options=_parse_options(model_option), mode=mode, shards=shards, combine=combine,
             shard_by=shard_by,
         )
-        resolve_model(config.model, config.model_options)
-        from flows.consensus import run_consensus
+        _preflight(config, resolve_model(config.model, config.model_options))
         from flows.fit import run_fit
 
-        result = (run_consensus if config.mode == "consensus" else run_fit)(config)
+        result = run_fit(config)
     except FitFailed as exc:
         _report(exc.result, as_json)
         typer.echo(f"error: {exc}", err=True)
@@ -233,8 +234,29 @@ def _report(result, as_json: bool, detail: bool = False) -> None:
             typer.echo(f"  {p['status']}: {key}: {p['reason']}")
 
 
-def main() -> None:
-    app()
+def _preflight(config, model) -> None:
+    """Bad data or an unwritable artifact location fail here, in seconds, before any flow starts."""
+    from bayesfan.storage import check_writable
+    from tasks.load import preflight
+
+    preflight(config.data, config.partition_by + ((config.shard_by,) if config.shard_by else ()), model)
+    check_writable(config.out)
+
+
+def main() -> int:
+    """Run the CLI; a usage error is one ``error:`` line (exit 2), like every other error."""
+    try:
+        code = app(standalone_mode=False)
+    except typer.TyperException as exc:  # click's usage errors
+        if type(exc).__name__ == "NoArgsIsHelpError":
+            exc.show()
+        else:
+            typer.echo(f"error: {' '.join(exc.format_message().split())}", err=True)
+        return exc.exit_code
+    except typer.Abort:
+        typer.echo("error: aborted", err=True)
+        return 1
+    return code if isinstance(code, int) else 0
 
 
 if __name__ == "__main__":

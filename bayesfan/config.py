@@ -40,6 +40,28 @@ class FitConfig(BaseModel):
         "consensus", description="consensus mode: how sub-posteriors are combined"
     )
     shard_by: str | None = Field(None, description="consensus mode: keep all rows of a group in one shard")
+    backend: Literal["local", "dask", "pool", "batch"] = Field(
+        "local", description="where batches run: local process pool, Dask, a Prefect work pool, or AWS Batch"
+    )
+    dask_address: str | None = Field(None, description="dask backend: scheduler address (default: a LocalCluster)")
+    work_pool: str | None = Field(None, description="pool backend: the Prefect work pool of the fit-batch deployment")
+    max_in_flight: int = Field(64, ge=1, le=100_000, description="pool/batch backends: most batches running at once")
+    job_queue: str | None = Field(None, description="batch backend: AWS Batch job queue")
+    job_definition: str | None = Field(None, description="batch backend: AWS Batch job definition")
+    max_interruptions: int = Field(
+        5, ge=0, le=100, description="resubmissions of a batch whose worker crashed or was interrupted (Spot)"
+    )
+    max_refits: int = Field(
+        1, ge=0, le=5, description="refits of unconverged partitions, each with double warmup and higher target_accept"
+    )
+    max_divergence_rate: float = Field(
+        0.01, ge=0.0, le=1.0, description="fraction of divergent draws above which a partition is unconverged"
+    )
+    min_success_ratio: float = Field(
+        1.0, ge=0.0, le=1.0, description="fraction of partitions that must be ok or unconverged for the run to succeed"
+    )
+    warm_start: str | None = Field(None, description="a previous artifact to start each partition's chains from")
+    warm_warmup: int = Field(150, ge=0, le=100_000, description="warmup iterations of a warm-started partition")
     rhat_max: float = Field(1.01, gt=1.0, description="R-hat above this marks a partition unconverged")
     ess_min: float = Field(100.0, ge=0.0, description="bulk ESS below this marks a partition unconverged")
 
@@ -60,11 +82,18 @@ class FitConfig(BaseModel):
     def sampler(self) -> SamplerConfig:
         return SamplerConfig(self.chains, self.warmup, self.draws, self.target_accept, self.max_tree_depth)
 
+    def refit(self, round_: int) -> "FitConfig":
+        """Settings of refit round ``round_`` (1, 2, ...): warmup x 2^r, target_accept closer to 1."""
+        return self.model_copy(update={
+            "warmup": self.warmup * 2**round_,
+            "target_accept": 1.0 - (1.0 - self.target_accept) / 2**round_,
+        })
+
     def fingerprint_fields(self) -> dict:
         """The fields a batch's identity depends on (not paths, workers or retries)."""
         return self.model_dump(
-            mode="json", include={"model", "model_options", "chains", "warmup", "draws", "seed",
-                                  "target_accept", "max_tree_depth", "mode", "shards", "combine", "shard_by"}
+            mode="json", include={"model", "model_options", "chains", "warmup", "draws", "seed", "target_accept",
+                                  "max_tree_depth", "mode", "shards", "combine", "shard_by", "warm_warmup"}
         )
 
     def run_id(self, data_fingerprint: str) -> str:

@@ -4,10 +4,13 @@ The core is pure functions over arrays, in the style of ``numpyro.infer.hmc``:
 
 * ``run_chain(model, cfg, key, data)`` runs one NUTS chain (initialise, adapt
   for ``cfg.warmup`` steps, keep ``cfg.draws`` steps) on one partition's arrays.
-* ``fit_batch(model, cfg, keys, data)`` is ``jit(vmap_partitions(vmap_chains(run_chain)))``:
-  ``keys`` has shape ``(partitions, chains, 2)`` and every leaf of ``data`` a
-  leading ``partitions`` axis. Padded rows are switched off by ``data["mask"]``,
-  which the model applies with ``numpyro.handlers.mask``.
+* ``fit_batch(model, cfg, keys, data, warm=None)`` is
+  ``jit(vmap_partitions(vmap_chains(run_chain)))``: ``keys`` has shape
+  ``(partitions, chains, 2)`` and every leaf of ``data`` a leading ``partitions``
+  axis. Padded rows are switched off by ``data["mask"]``, which the model applies
+  with ``numpyro.handlers.mask``. ``warm`` (leading axes ``(partitions, chains)``)
+  starts each chain from a previous fit's values, step size and diagonal mass
+  matrix; then only the step size adapts during the (short) warmup.
 
 The compiled program is cached per (model, sampler config, shapes), so every
 batch of a shape bucket reuses it; ``enable_compilation_cache`` turns on JAX's
@@ -26,6 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax, random
 from numpyro.infer.hmc import hmc
+from numpyro.infer.initialization import init_to_uniform, init_to_value
 from numpyro.infer.util import initialize_model
 
 jax.config.update("jax_enable_x64", False)
@@ -41,6 +45,14 @@ class SamplerConfig(NamedTuple):
     max_tree_depth: int = 10
 
 
+class WarmStart(NamedTuple):
+    """A previous fit's end state per chain: constrained latent values, step size, diagonal inverse mass."""
+
+    values: dict
+    step_size: jax.Array
+    inverse_mass_matrix: jax.Array
+
+
 class ChainOutput(NamedTuple):
     """What one chain returns: constrained draws, per-draw stats, final adaptation."""
 
@@ -50,17 +62,26 @@ class ChainOutput(NamedTuple):
     inverse_mass_matrix: jax.Array
 
 
-def run_chain(model: Callable, cfg: SamplerConfig, key: jax.Array, data: dict) -> ChainOutput:
+def run_chain(
+    model: Callable, cfg: SamplerConfig, key: jax.Array, data: dict, warm: WarmStart | None = None
+) -> ChainOutput:
     """One NUTS chain on one partition: warmup with adaptation, then ``cfg.draws`` draws."""
     key_init, key_run = random.split(key)
-    info = initialize_model(key_init, model, model_kwargs=data, dynamic_args=False)
+    strategy = init_to_uniform if warm is None else init_to_value(values=warm.values)
+    info = initialize_model(key_init, model, model_kwargs=data, init_strategy=strategy, dynamic_args=False)
     init_kernel, sample_kernel = hmc(info.potential_fn, algo="NUTS")
+    resume = {} if warm is None else {
+        "step_size": warm.step_size,
+        "inverse_mass_matrix": warm.inverse_mass_matrix,
+        "adapt_mass_matrix": False,
+    }
     state = init_kernel(
         info.param_info,
         cfg.warmup,
         target_accept_prob=cfg.target_accept,
         max_tree_depth=cfg.max_tree_depth,
         rng_key=key_run,
+        **resume,
     )
     state = lax.fori_loop(0, cfg.warmup, lambda _, s: sample_kernel(s), state)
 
@@ -86,13 +107,19 @@ def run_chain(model: Callable, cfg: SamplerConfig, key: jax.Array, data: dict) -
 def compiled_fit(model: Callable, cfg: SamplerConfig) -> Callable:
     """``jit(vmap over partitions of vmap over chains of run_chain)``, cached per model and config."""
     chain = functools.partial(run_chain, model, cfg)
-    per_partition = jax.vmap(chain, in_axes=(0, None))
-    return jax.jit(jax.vmap(per_partition, in_axes=(0, 0)))
+    per_partition = jax.vmap(chain, in_axes=(0, None, 0))
+    return jax.jit(jax.vmap(per_partition, in_axes=(0, 0, 0)))
 
 
-def fit_batch(model: Callable, cfg: SamplerConfig, keys: jax.Array, data: dict) -> ChainOutput:
-    """Fit every partition of a batch; outputs have leading axes ``(partition, chain, ...)``."""
-    out = compiled_fit(model, cfg)(keys, data)
+def fit_batch(
+    model: Callable, cfg: SamplerConfig, keys: jax.Array, data: dict, warm: WarmStart | None = None
+) -> ChainOutput:
+    """Fit every partition of a batch; outputs have leading axes ``(partition, chain, ...)``.
+
+    ``model`` is a hashable NumPyro model callable (a ``models.base.Model`` instance
+    compares by value, so equal models share one compiled program).
+    """
+    out = compiled_fit(model, cfg)(keys, data, warm)
     return jax.tree.map(np.asarray, out)
 
 

@@ -23,7 +23,12 @@ class FitResult:
 
     @cached_property
     def manifest(self) -> dict:
-        return json.loads(self._store.read_bytes("manifest.json"))
+        try:
+            return json.loads(self._store.read_bytes("manifest.json"))
+        except FileNotFoundError:
+            raise IncompleteArtifact(
+                f"{self.path}: no manifest.json, so no finished artifact (the run did not complete, or wrong path)"
+            ) from None
 
     @cached_property
     def summary(self) -> pd.DataFrame:
@@ -42,6 +47,10 @@ class FitResult:
 
     def __repr__(self) -> str:
         return f"FitResult({self.path!r}, counts={self.counts})"
+
+
+class IncompleteArtifact(FileNotFoundError):
+    """``manifest.json`` is missing: the run never finished, and nothing there is to be trusted."""
 
 
 class FitFailed(RuntimeError):

@@ -25,13 +25,12 @@ import pandas as pd
 import xarray as xr
 from jax import random
 from prefect import flow
-from prefect.task_runners import ProcessPoolTaskRunner
 
 import bayesfan
 from bayesfan.config import FitConfig
 from bayesfan.result import FitFailed, FitResult
 from bayesfan.storage import Store
-from flows.fit import run_batches
+from flows.fanout import run_batches
 from models import resolve_model
 from models.base import Model, PartitionError
 from tasks.consensus import (
@@ -92,7 +91,7 @@ def plan_shards(parts: dict[str, pd.DataFrame], batch_size: int, config_fields: 
     return plans
 
 
-@flow(name="fit-consensus", task_runner=ProcessPoolTaskRunner(), validate_parameters=True)
+@flow(name="fit-consensus", validate_parameters=True)
 def fit_consensus(config: FitConfig) -> FitResult:
     """Fit one model to all rows of ``config.data`` by combining shard sub-posteriors."""
     started = time.time()
@@ -169,12 +168,6 @@ def fit_consensus(config: FitConfig) -> FitResult:
     header["timings"] = _timings(started, split_done, sample_done)
     manifest = _write(store, sub, posterior, ngauss, header, None, config)
     return FitResult(config.out, manifest)
-
-
-def run_consensus(config: FitConfig) -> FitResult:
-    """Run the flow with ``config.workers`` worker processes (the CLI's entry point for ``--mode consensus``)."""
-    runner = ProcessPoolTaskRunner(max_workers=config.workers) if config.workers else ProcessPoolTaskRunner()
-    return fit_consensus.with_options(task_runner=runner)(config)
 
 
 def _write(store: Store, sub, posterior, ngauss, header: dict, refused: dict | None, config: FitConfig | None = None) -> dict:

@@ -27,11 +27,14 @@ def _flatten(stat: xr.Dataset, partitions: np.ndarray) -> dict[str, np.ndarray]:
     return out
 
 
-def summarize(tree: xr.DataTree, rhat_max: float, ess_min: float) -> tuple[pd.DataFrame, dict[str, dict]]:
+def summarize(
+    tree: xr.DataTree, rhat_max: float, ess_min: float, max_divergence_rate: float = 1.0
+) -> tuple[pd.DataFrame, dict[str, dict]]:
     """Summary rows (one per partition x scalar parameter) and each partition's status.
 
     A partition is ``unconverged`` when any parameter has R-hat > ``rhat_max``
-    (or NaN) or bulk ESS < ``ess_min``; otherwise ``ok``.
+    (or NaN) or bulk ESS < ``ess_min``, or more than ``max_divergence_rate`` of
+    its draws diverged; otherwise ``ok``.
     """
     post = tree["posterior"].to_dataset()
     partitions = post["partition"].values.astype(str)
@@ -55,15 +58,16 @@ def summarize(tree: xr.DataTree, rhat_max: float, ess_min: float) -> tuple[pd.Da
             "divergences": np.repeat(divergences, len(parameters)),
         }
     )
+    draws = post.sizes["chain"] * post.sizes["draw"]
     verdicts = {}
     for i, key in enumerate(partitions):
         rows = frame.iloc[i * len(parameters) : (i + 1) * len(parameters)]
-        verdicts[key] = _verdict(rows, rhat_max, ess_min) | {"divergences": int(divergences[i])}
+        verdicts[key] = _verdict(rows, rhat_max, ess_min, divergences[i], max_divergence_rate * draws)
     frame["status"] = frame["partition"].map({k: v["status"] for k, v in verdicts.items()})
     return frame[SUMMARY_COLUMNS], verdicts
 
 
-def _verdict(rows: pd.DataFrame, rhat_max: float, ess_min: float) -> dict:
+def _verdict(rows: pd.DataFrame, rhat_max: float, ess_min: float, divergences: int, max_divergences: float) -> dict:
     worst_rhat = rows["r_hat"].fillna(np.inf).idxmax()
     worst_ess = rows["ess_bulk"].fillna(0.0).idxmin()
     r_hat, ess = rows.at[worst_rhat, "r_hat"], rows.at[worst_ess, "ess_bulk"]
@@ -72,9 +76,12 @@ def _verdict(rows: pd.DataFrame, rhat_max: float, ess_min: float) -> dict:
         reasons.append(f"r_hat {r_hat:.3f} > {rhat_max} ({rows.at[worst_rhat, 'parameter']})")
     if not ess >= ess_min:
         reasons.append(f"ess_bulk {ess:.0f} < {ess_min:g} ({rows.at[worst_ess, 'parameter']})")
+    if divergences > max_divergences:
+        reasons.append(f"{divergences} divergent draws")
     return {
         "status": "unconverged" if reasons else "ok",
         "reason": "; ".join(reasons) or None,
         "r_hat_max": None if np.isnan(r_hat) else float(r_hat),
         "ess_bulk_min": None if np.isnan(ess) else float(ess),
+        "divergences": int(divergences),
     }

@@ -24,8 +24,10 @@ STATUSES = ("ok", "unconverged", "failed", "quarantined")
 GROUPS = ("posterior", "sample_stats", "adaptation")
 
 
-def combine_trees(trees: list[xr.DataTree]) -> xr.DataTree:
-    """Concatenate batch trees along ``partition``, sorted by partition key."""
+def combine_trees(trees: list[xr.DataTree], keep: list[list[str]] | None = None) -> xr.DataTree:
+    """Concatenate batch trees along ``partition`` (only ``keep[i]`` of tree i), sorted by key."""
+    if keep is not None:
+        trees = [t.sel(partition=k) for t, k in zip(trees, keep) if k]
     groups = {}
     for group in GROUPS:
         ds = xr.concat([t[group].to_dataset() for t in trees], dim="partition")
@@ -36,15 +38,20 @@ def combine_trees(trees: list[xr.DataTree]) -> xr.DataTree:
 def partition_table(
     records: list[dict], failures: dict[str, dict], quarantined: dict[str, str]
 ) -> dict[str, dict]:
-    """Every partition's status, attempts, reason and batch, from batch records and failures."""
+    """Every partition's status, attempts, reason and batch, from batch records and failures.
+
+    Records come in run order: a partition refitted after an unconverged first fit
+    takes its last record's verdict, and its attempts add up.
+    """
     table = {}
-    for record in records:
-        for key, verdict in record["partitions"].items():
-            table[key] = {**verdict, "attempts": record["attempt"], "batch": record["batch_id"]}
     for batch_id, failure in failures.items():
         for key in failure["partitions"]:
             table[key] = {"status": "failed", "reason": failure["reason"],
                           "attempts": failure["attempts"], "batch": batch_id}
+    for record in records:
+        for key, verdict in record["partitions"].items():
+            before = table.get(key, {}).get("attempts", 0)
+            table[key] = {**verdict, "attempts": before + record["attempt"], "batch": record["batch_id"]}
     for key, reason in quarantined.items():
         table[key] = {"status": "quarantined", "reason": reason, "attempts": 0, "batch": None}
     return dict(sorted(table.items()))
@@ -54,17 +61,19 @@ def reduce_batches(
     store: Store, records: list[dict], failures: dict[str, dict], quarantined: dict[str, str], header: dict
 ) -> dict:
     """Write posterior.zarr, summary.parquet, then manifest.json; return the manifest."""
+    store.remove("manifest.json")  # an old manifest must never vouch for half-replaced files
     partitions = partition_table(records, failures, quarantined)
-    records = sorted(records, key=lambda r: r["index"])
+    keep = [[k for k in r["partitions"] if partitions[k]["batch"] == r["batch_id"]] for r in records]
     summary = (
-        pd.concat([load_summary(store, r["batch_id"]) for r in records], ignore_index=True)
+        pd.concat([load_summary(store, r["batch_id"]).query("partition in @k") for r, k in zip(records, keep)],
+                  ignore_index=True)
         if records else pd.DataFrame({c: [] for c in SUMMARY_COLUMNS})
     )
     if records:
         summary = summary.sort_values(["partition"], kind="stable").reset_index(drop=True)
-        # Status can change after sampling (e.g. a rerun); the table is the source of truth.
+        # Status can change after sampling (e.g. a refit); the table is the source of truth.
         summary["status"] = summary["partition"].map(lambda k: partitions[k]["status"])
-        write_tree(store, combine_trees([load_result(store, r["batch_id"]) for r in records]))
+        write_tree(store, combine_trees([load_result(store, r["batch_id"]) for r in records], keep))
     else:
         store.remove("posterior.zarr")
     buffer = io.BytesIO()

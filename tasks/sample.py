@@ -2,7 +2,8 @@
 write the result to storage, and return a small record (paths and diagnostics).
 
 Files of a finished batch, under ``<out>/batches/<batch_id>/``:
-``input.parquet`` (written by split), ``result.zarr.zip`` (a DataTree with groups
+``input.parquet`` (written by split; ``warm.zarr.zip`` too for a warm-started
+batch), ``result.zarr.zip`` (a DataTree with groups
 ``posterior``, ``sample_stats`` and ``adaptation``), ``summary.parquet``, and
 ``done.json`` last, which holds the others' sha256 and makes the batch count as done.
 """
@@ -10,21 +11,18 @@ Files of a finished batch, under ``<out>/batches/<batch_id>/``:
 from __future__ import annotations
 
 import io
-import os
-import tempfile
 import time
-import zipfile
 
 import numpy as np
 import pandas as pd
 import xarray as xr
-from zarr.storage import ZipStore
 
 from bayesfan.engine import ChainOutput, SamplerConfig, enable_compilation_cache, fit_batch, partition_keys
-from bayesfan.storage import Store, sha256
+from bayesfan.storage import Store, pack_tree, sha256, unpack_tree
 from models.base import Model
 from tasks.diagnose import summarize
 from tasks.split import BatchPlan, read_batch_input
+from tasks.warm import read_warm
 
 RESULT = "result.zarr.zip"
 SUMMARY = "summary.parquet"
@@ -77,7 +75,7 @@ def to_datatree(out: ChainOutput, partitions: list[str]) -> xr.DataTree:
 
 def sample_batch(
     out_url: str, plan: BatchPlan, model: Model, sampler: SamplerConfig, seed: int,
-    rhat_max: float, ess_min: float, attempt: int = 1,
+    rhat_max: float, ess_min: float, attempt: int = 1, max_divergence_rate: float = 1.0,
 ) -> dict:
     """Fit every partition of ``plan`` and write its result; return the batch record."""
     enable_compilation_cache()
@@ -88,11 +86,12 @@ def sample_batch(
     padded_keys = plan.partitions + [plan.partitions[0]] * (plan.size - len(plan.partitions))
     keys = partition_keys(seed, padded_keys, sampler.chains)
     start = time.perf_counter()
-    output = fit_batch(model, sampler, keys, data)
+    warm = read_warm(store, plan.batch_id, plan.size) if plan.warm else None
+    output = fit_batch(model, sampler, keys, data, warm)
     seconds = time.perf_counter() - start
     tree = to_datatree(output, plan.partitions)
-    summary, verdicts = summarize(tree, rhat_max, ess_min)
-    result_bytes, summary_bytes = zip_datatree(tree), _parquet_bytes(summary)
+    summary, verdicts = summarize(tree, rhat_max, ess_min, max_divergence_rate)
+    result_bytes, summary_bytes = pack_tree(tree), _parquet_bytes(summary)
     store.write_bytes(result_bytes, "batches", plan.batch_id, RESULT)
     store.write_bytes(summary_bytes, "batches", plan.batch_id, SUMMARY)
     record = {
@@ -125,35 +124,11 @@ def finished_record(store: Store, plan: BatchPlan) -> dict | None:
 
 def load_result(store: Store, batch_id: str) -> xr.DataTree:
     """A finished batch's DataTree, read fully into memory."""
-    data = store.read_bytes("batches", batch_id, RESULT)
-    with tempfile.TemporaryDirectory() as tmp:
-        path = os.path.join(tmp, RESULT)
-        with open(path, "wb") as f:
-            f.write(data)
-        zstore = ZipStore(path, mode="r")
-        tree = xr.open_datatree(zstore, engine="zarr", consolidated=False).load()
-        zstore.close()
-    return tree
+    return unpack_tree(store.read_bytes("batches", batch_id, RESULT))
 
 
 def load_summary(store: Store, batch_id: str) -> pd.DataFrame:
     return pd.read_parquet(io.BytesIO(store.read_bytes("batches", batch_id, SUMMARY)))
-
-
-def zip_datatree(tree: xr.DataTree) -> bytes:
-    """The tree as a zarr store packed in one zip (one object to checksum and upload)."""
-    with tempfile.TemporaryDirectory() as tmp:
-        root = os.path.join(tmp, "tree.zarr")
-        tree.to_zarr(root, consolidated=False)
-        buffer = io.BytesIO()
-        with zipfile.ZipFile(buffer, "w", zipfile.ZIP_STORED) as zf:
-            for folder, _, files in sorted(os.walk(root)):
-                for name in sorted(files):
-                    full = os.path.join(folder, name)
-                    info = zipfile.ZipInfo(os.path.relpath(full, root), date_time=(2000, 1, 1, 0, 0, 0))
-                    with open(full, "rb") as f:
-                        zf.writestr(info, f.read())
-        return buffer.getvalue()
 
 
 def _parquet_bytes(frame: pd.DataFrame) -> bytes:

@@ -32,6 +32,7 @@ class BatchPlan(BaseModel):
     partitions: list[str]
     length: int
     size: int
+    warm: bool = False
 
 
 def partition_key(values) -> str:
@@ -82,24 +83,31 @@ def content_hash(rows: pd.DataFrame) -> str:
     return hashlib.sha256(pd.util.hash_pandas_object(rows, index=False).to_numpy().tobytes()).hexdigest()
 
 
-def plan_batches(parts: dict[str, pd.DataFrame], batch_size: int, config_fields: dict) -> list[BatchPlan]:
-    """Group partitions by bucket length, chunk each bucket into batches of ``batch_size``."""
-    buckets: dict[int, list[str]] = {}
+def plan_batches(
+    parts: dict[str, pd.DataFrame], batch_size: int, config_fields: dict, warm: dict[str, str] | None = None
+) -> list[BatchPlan]:
+    """Group partitions by (warm start, bucket length), chunk each group into batches of ``batch_size``.
+
+    ``warm`` maps the partitions that start from a previous run to their warm-state hash.
+    """
+    warm = warm or {}
+    buckets: dict[tuple[bool, int], list[str]] = {}
     for key in sorted(parts):
-        buckets.setdefault(bucket_length(len(parts[key])), []).append(key)
+        buckets.setdefault((key in warm, bucket_length(len(parts[key]))), []).append(key)
     plans = []
-    for length in sorted(buckets):
-        keys = buckets[length]
+    for is_warm, length in sorted(buckets):
+        keys = buckets[(is_warm, length)]
         for start in range(0, len(keys), batch_size):
             chunk = keys[start : start + batch_size]
             size = padded_size(len(chunk), batch_size)
             identity = json.dumps(
                 {"config": config_fields, "length": length, "size": size,
-                 "partitions": [[k, content_hash(parts[k])] for k in chunk]},
+                 "partitions": [[k, content_hash(parts[k]), warm.get(k)] for k in chunk]},
                 sort_keys=True,
             )
             batch_id = hashlib.sha256(identity.encode()).hexdigest()[:16]
-            plans.append(BatchPlan(batch_id=batch_id, index=len(plans), partitions=chunk, length=length, size=size))
+            plans.append(BatchPlan(batch_id=batch_id, index=len(plans), partitions=chunk, length=length,
+                                   size=size, warm=is_warm))
     return plans
 
 

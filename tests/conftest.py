@@ -14,6 +14,7 @@ SESSION_HOME = Path(tempfile.mkdtemp(prefix="bayesfan-tests-"))
 
 os.environ["PREFECT_HOME"] = str(SESSION_HOME / "prefect")
 os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
+os.environ["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"] = "180"
 os.environ["PREFECT_LOGGING_LEVEL"] = "WARNING"
 os.environ.setdefault("BAYESFAN_CACHE_DIR", str(ROOT / ".cache" / "bayesfan"))
 # Spawned worker processes import test-only models from tests/.

@@ -143,14 +143,14 @@ def test_disagreement_statistic():
 @pytest.mark.slow
 def test_unconverged_shard_refuses_combination(tmp_path):
     from bayesfan.config import FitConfig
-    from flows.consensus import CombinationRefused, run_consensus
+    from flows.consensus import CombinationRefused, fit_consensus
 
     frame, _ = __import__("models").resolve_model("linear_regression").simulate(np.random.default_rng(0), 1, 80)
     frame.to_parquet(tmp_path / "d.parquet", index=False)
     config = FitConfig(data=str(tmp_path / "d.parquet"), model="linear_regression", mode="consensus", shards=2,
                        out=str(tmp_path / "out"), chains=2, warmup=100, draws=100, ess_min=1e6, workers=1)
     with pytest.raises(CombinationRefused, match="did not converge") as info:
-        run_consensus(config)
+        fit_consensus(config)
     manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
     assert manifest == info.value.result.manifest
     assert manifest["counts"]["failed"] == 1 and manifest["artifact"]["combined"] is False
@@ -163,11 +163,11 @@ def test_unconverged_shard_refuses_combination(tmp_path):
 @pytest.mark.slow
 def test_full_is_one_unfractionated_run(tmp_path):
     from bayesfan.config import FitConfig
-    from flows.consensus import run_consensus
+    from flows.consensus import fit_consensus
 
     frame, _ = __import__("models").resolve_model("linear_regression").simulate(np.random.default_rng(0), 1, 80)
     frame.to_parquet(tmp_path / "d.parquet", index=False)
-    result = run_consensus(FitConfig(data=str(tmp_path / "d.parquet"), model="linear_regression", mode="consensus",
+    result = fit_consensus(FitConfig(data=str(tmp_path / "d.parquet"), model="linear_regression", mode="consensus",
                                      combine="full", out=str(tmp_path / "out"), chains=2, warmup=100, draws=100,
                                      ess_min=0, workers=1))
     manifest = result.manifest

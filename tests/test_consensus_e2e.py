@@ -15,7 +15,7 @@ import pytest
 import xarray as xr
 
 from bayesfan.config import FitConfig
-from flows.consensus import run_consensus
+from flows.consensus import fit_consensus
 from tasks.diagnose import SUMMARY_COLUMNS
 from test_reference import MOMENTS, posteriordb_rows, zero_based
 
@@ -47,7 +47,7 @@ def worst_deviation(summary: pd.DataFrame) -> float:
 @pytest.fixture(scope="module")
 def consensus_fit(kidiq):
     start = time.perf_counter()
-    result = run_consensus(kidiq)
+    result = fit_consensus(kidiq)
     print(f"\nconsensus fit: {time.perf_counter() - start:.1f}s")
     return result
 
@@ -85,7 +85,7 @@ def test_consensus_matches_reference(consensus_fit):
 
 @pytest.mark.parametrize("method", ["parametric", "semiparametric", "consensus-diag"])
 def test_other_methods_reuse_shards(consensus_fit, kidiq, method):
-    result = run_consensus(kidiq.model_copy(update={"combine": method}))
+    result = fit_consensus(kidiq.model_copy(update={"combine": method}))
     assert result.manifest["batches_reused"] == 1 and result.manifest["combine"] == method
     summary = result.summary
     summary.attrs["method"] = method

@@ -29,7 +29,7 @@ def regression_data(tmp_path_factory) -> str:
 def first_fit(regression_data, tmp_path_factory) -> FitResult:
     out = tmp_path_factory.mktemp("fit") / "artifact"
     config = FitConfig(data=regression_data, model="linear_regression", partition_by=("market", "partition"),
-                       out=str(out), chains=2, warmup=150, draws=150, batch_size=4, workers=2)
+                       out=str(out), chains=2, warmup=150, draws=150, batch_size=4, workers=2, max_refits=0)
     return run_fit(config)
 
 
@@ -93,7 +93,7 @@ def test_failed_batch_is_retried_then_marked_failed_without_losing_the_rest(tmp_
     frame.to_csv(data, index=False)
     config = FitConfig(data=str(data), model="faulty:FaultyRegression", partition_by=("partition",),
                        out=str(tmp_path / "out"), chains=2, warmup=100, draws=100, batch_size=1,
-                       workers=2, max_retries=2, retry_delay=0.0)
+                       workers=2, max_retries=2, retry_delay=0.0, max_refits=0)
     with pytest.raises(FitFailed) as caught:
         run_fit(config)
     manifest = caught.value.result.manifest
@@ -107,3 +107,19 @@ def test_failed_batch_is_retried_then_marked_failed_without_losing_the_rest(tmp_
     assert sorted(written.summary["partition"].unique()) == ["p0000", "p0002"]
     assert list(written.posterior["posterior"]["partition"].values) == ["p0000", "p0002"]
     assert json.loads((tmp_path / "out" / "manifest.json").read_text())["counts"]["failed"] == 1
+
+
+def test_unconverged_partitions_are_refit_with_longer_warmup(regression_data, tmp_path):
+    # An unreachable ESS bar makes every partition unconverged, so each is refit once.
+    config = FitConfig(data=regression_data, model="linear_regression", partition_by=("market", "partition"),
+                       out=str(tmp_path / "out"), chains=2, warmup=100, draws=100, batch_size=8, workers=1,
+                       ess_min=10_000, max_refits=1)
+    manifest = run_fit(config).manifest
+    assert manifest["batches_total"] == 2
+    assert {p["status"] for p in manifest["partitions"].values()} == {"unconverged"}
+    assert {p["attempts"] for p in manifest["partitions"].values()} == {2}
+    assert all("ess_bulk" in p["reason"] for p in manifest["partitions"].values())
+    refit_batch = {p["batch"] for p in manifest["partitions"].values()}
+    assert len(refit_batch) == 1 and manifest["batches"][refit_batch.pop()]["index"] == 0
+    tree = xr.open_datatree(f"{tmp_path}/out/posterior.zarr", engine="zarr")
+    assert tree["posterior"].sizes["partition"] == 6

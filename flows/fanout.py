@@ -1,0 +1,128 @@
+"""Fan batches out to a backend and bring every one back: done, or failed with a reason.
+
+Storage is the source of truth: a batch is done when its ``done.json`` verifies
+(``tasks.sample.finished_record``), whatever a backend reported. Two budgets, as
+Nextflow's ``maxRetries``/``maxSpotAttempts``:
+
+* application errors (the batch raised) are retried by Prefect task retries,
+  ``config.max_retries`` times with exponential backoff;
+* crashes and interruptions (a killed worker process, a broken pool, a Spot
+  reclaim), which Prefect never retries, are resubmitted here, up to
+  ``config.max_interruptions`` times.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from prefect import task
+from prefect.runtime import task_run
+from prefect.task_runners import ProcessPoolTaskRunner
+from prefect.tasks import exponential_backoff
+
+from bayesfan.config import FitConfig
+from bayesfan.storage import Store
+from models import resolve_model
+from tasks.sample import finished_record, sample_batch
+from tasks.split import BatchPlan
+
+
+def _batch_run_name() -> str:
+    plan = task_run.parameters["plan"]
+    return f"fit-batch {plan.index:04d} ({len(plan.partitions)} partitions)"
+
+
+def fit_one_batch(config: FitConfig, plan: BatchPlan, attempt: int) -> dict:
+    """Fit ``plan`` under ``config`` (a warm batch uses the short warm warmup)."""
+    model = resolve_model(config.model, config.model_options)
+    sampler = config.sampler._replace(warmup=config.warm_warmup) if plan.warm else config.sampler
+    return sample_batch(config.out, plan, model, sampler, config.seed, config.rhat_max, config.ess_min,
+                        attempt=attempt, max_divergence_rate=config.max_divergence_rate)
+
+
+@task(name="fit-batch", task_run_name=_batch_run_name)
+def fit_batch_task(config: FitConfig, plan: BatchPlan) -> dict:
+    """One batch as a Prefect task; the flow sets its retries."""
+    return fit_one_batch(config, plan, attempt=max(1, task_run.run_count))
+
+
+def task_runner(config: FitConfig):
+    """The task runner of the ``local`` or ``dask`` backend."""
+    if config.backend == "dask":
+        from prefect_dask import DaskTaskRunner
+
+        if config.dask_address:
+            return DaskTaskRunner(address=config.dask_address)
+        workers = config.workers or 2
+        return DaskTaskRunner(cluster_kwargs={"n_workers": workers, "threads_per_worker": 1, "processes": True})
+    return ProcessPoolTaskRunner(max_workers=config.workers) if config.workers else ProcessPoolTaskRunner()
+
+
+def run_batches(config: FitConfig, plans: list[BatchPlan], tags: tuple[str, ...] = ()) -> tuple[list[dict], dict]:
+    """Run every batch on ``config.backend``; return (records in plan order, failures by batch id)."""
+    if config.backend == "pool":
+        from flows.pool import run_on_pool
+
+        return run_on_pool(config, plans)
+    if config.backend == "batch":
+        from flows.awsbatch import run_on_aws_batch
+
+        return run_on_aws_batch(config, plans)
+    return run_on_task_runner(config, plans, tags)
+
+
+def run_on_task_runner(config: FitConfig, plans: list[BatchPlan], tags: tuple[str, ...] = ()) -> tuple[list[dict], dict]:
+    """Submit to a fresh task runner per round; a crashed round's unfinished batches go again."""
+    store = Store(config.out)
+    retrying = fit_batch_task.with_options(
+        retries=config.max_retries, tags=list(tags),
+        retry_delay_seconds=exponential_backoff(backoff_factor=config.retry_delay) if config.max_retries else 0,
+    )
+    records, failures, crashes = {}, {}, Counter()
+    todo = list(plans)
+    while todo:
+        with task_runner(config) as runner:
+            futures = [(plan, runner.submit(retrying, {"config": config, "plan": plan})) for plan in todo]
+            todo = []
+            for plan, future in futures:
+                outcome, value = _settle(future)
+                if outcome == "crashed" and (record := finished_record(store, plan)) is not None:
+                    outcome, value = "completed", record
+                if outcome == "completed":
+                    records[plan.batch_id] = value
+                elif outcome == "failed":
+                    failures[plan.batch_id] = failure(plan, config.max_retries + 1, value)
+                elif crashes[plan.batch_id] < config.max_interruptions:
+                    crashes[plan.batch_id] += 1
+                    todo.append(plan)
+                else:
+                    failures[plan.batch_id] = failure(
+                        plan, config.max_retries + 1, f"interrupted {crashes[plan.batch_id] + 1} times; last: {value}"
+                    )
+    return [records[p.batch_id] for p in plans if p.batch_id in records], failures
+
+
+def _settle(future) -> tuple[str, object]:
+    """Wait for a task future: ("completed", record) | ("failed", reason) | ("crashed", reason)."""
+    try:
+        value = future.result(raise_on_failure=False)
+    except BaseException as exc:  # noqa: BLE001 - a broken pool or killed worker surfaces here
+        return "crashed", one_line(exc)
+    state = future.state
+    if state.is_completed():
+        return "completed", value
+    if state.is_crashed() or not isinstance(value, Exception):
+        return "crashed", one_line(value, state.message)
+    return "failed", one_line(value, state.message)
+
+
+def failure(plan: BatchPlan, attempts: int, reason: str) -> dict:
+    return {"index": plan.index, "partitions": plan.partitions, "attempts": attempts, "reason": reason}
+
+
+def one_line(outcome, message: str | None = None) -> str:
+    if isinstance(outcome, BaseException):
+        text = f"{type(outcome).__name__}: {outcome}"
+    else:
+        text = message or "batch did not complete"
+    return " ".join(text.split())[:500]
