@@ -1,13 +1,16 @@
 """Suite ``fanout``: orchestration cost only, with a trivial model (the mean of a few Normal rows).
 
-For each partition count, the full pipeline (``run_fit``, embedded default) fits
-every partition with 1 chain x 10 warmup x 10 draws; the suite reports wall time,
-the client's peak memory, and the Prefect task runs the run created (read back
-from the API).
+For each partition count, a fresh client process (as ``bayesfan fit`` is) runs the
+full pipeline (``run_fit``, embedded default) with 1 chain x 10 warmup x 10 draws
+per partition and no refit round; the suite reports its wall time, the client's
+peak memory, and the Prefect task runs the run created (read back from the API).
 """
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -21,10 +24,13 @@ from bayesfan.config import FitConfig
 from benchmarks.measure import measure, peak_rss_mb
 from models.base import Model, truth_rows
 
+ROOT = Path(__file__).resolve().parent.parent
 FULL = (1_000, 10_000)
 QUICK = (200,)
 ROWS = 8
 SAMPLER = {"chains": 1, "warmup": 10, "draws": 10}
+#: Orchestration only: no refit round for the (unconverged) trivial fits.
+NO_REFITS = {"max_refits": 0}
 
 
 class NormalMean(Model):
@@ -55,18 +61,28 @@ class NormalMean(Model):
 def run(quick: bool = False) -> dict:
     """Wall time, client peak memory and Prefect task runs for each partition count."""
     return {"sampler": SAMPLER, "rows": ROWS,
-            "runs": {str(n): fanout(n) for n in (QUICK if quick else FULL)}}
+            "runs": {str(n): in_fresh_client(n) for n in (QUICK if quick else FULL)}}
+
+
+def in_fresh_client(partitions: int) -> dict:
+    """``fanout(partitions)`` in a new Python process, so its peak memory is the run's alone."""
+    done = subprocess.run([sys.executable, "-m", "benchmarks.fanout", str(partitions)], cwd=ROOT,
+                          capture_output=True, text=True)
+    if done.returncode:
+        raise RuntimeError(f"fanout of {partitions} partitions failed: {done.stderr[-2000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def fanout(partitions: int) -> dict:
+    """One pipeline run over ``partitions`` trivial partitions, measured from inside the client."""
     from flows.fit import run_fit
 
     frame, _ = NormalMean().simulate(np.random.default_rng(0), partitions, ROWS)
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "data.parquet"
         frame.to_parquet(data, index=False)
-        config = FitConfig(data=str(data), model=f"{__name__}:NormalMean", partition_by="partition",
-                           out=str(Path(tmp) / "out"), **SAMPLER)
+        config = FitConfig(data=str(data), model="benchmarks.fanout:NormalMean", partition_by="partition",
+                           out=str(Path(tmp) / "out"), **SAMPLER, **NO_REFITS)
         with measure() as cost:
             result = run_fit(config)
         manifest = result.manifest
@@ -96,3 +112,7 @@ def task_runs_of_latest_fit() -> int:
         while batch := client.read_task_runs(flow_run_filter=runs, limit=page, offset=count):
             count += len(batch)
         return count
+
+
+if __name__ == "__main__":
+    print(json.dumps(fanout(int(sys.argv[1]))))

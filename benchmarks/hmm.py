@@ -2,9 +2,10 @@
 
 The partitions are fitted as one batch by the bare kernel. Times are sampling only:
 each program is compiled before the clock starts (``compile_s`` reports it), as
-Stan's reported sampling time excludes compilation. The warm run starts from the
-cold run's artifact tree (last draw, step size, mass matrix; ``benchmarks.warm``)
-with a tenth of the warmup and the same draws.
+Stan's reported sampling time excludes compilation. The warm run starts each chain
+from the cold run's artifact tree (last draw, step size, diagonal mass matrix: the
+engine's ``WarmStart``, as ``fit --warm-start`` does) with a short warmup that
+adapts the step size only, and the same draws.
 """
 
 from __future__ import annotations
@@ -13,17 +14,20 @@ import time
 
 import jax
 import numpy as np
+import xarray as xr
 from numpyro.infer.util import potential_energy, unconstrain_fn
 
-from bayesfan.engine import SamplerConfig, compiled_fit, partition_keys
-from benchmarks import warm
+from bayesfan.engine import SamplerConfig, WarmStart, compiled_fit, partition_keys
 from benchmarks.measure import ess_bulk_min, lockstep_efficiency, measure, r_hat_max
 from models import resolve_model
 from tasks.sample import stack_partitions, to_datatree
 from tasks.split import plan_batches, split_partitions
 
-FULL = {"partitions": 16, "length": 5040, "sampler": SamplerConfig(4, 1000, 1000), "gradient_reps": 200}
-QUICK = {"partitions": 2, "length": 168, "sampler": SamplerConfig(2, 100, 100), "gradient_reps": 20}
+# warm_warmup: FitConfig.warm_warmup's default at full size.
+FULL = {"partitions": 16, "length": 5040, "sampler": SamplerConfig(4, 1000, 1000), "warm_warmup": 150,
+        "gradient_reps": 200}
+QUICK = {"partitions": 2, "length": 168, "sampler": SamplerConfig(2, 100, 100), "warm_warmup": 20,
+         "gradient_reps": 20}
 SEED = 0
 #: Ampersand's published figures: CPU seconds per chain at this size, and CPU-hours for their fleet.
 AMPERSAND_CPU_S_PER_CHAIN = 1551.0
@@ -46,15 +50,15 @@ def run(quick: bool = False) -> dict:
     keys = partition_keys(SEED, plan.partitions, sampler.chains)
     chains = len(plan.partitions) * sampler.chains
 
-    cold = timed(compiled_fit(model.model, sampler), keys, data)
-    tree = to_datatree(cold["output"], plan.partitions)
-    warm_sampler = sampler._replace(warmup=max(1, sampler.warmup // 10))
+    cold = timed(compiled_fit(model.model, sampler), keys, data, None)
+    start = warm_start(to_datatree(cold["output"], plan.partitions))
+    warm_sampler = sampler._replace(warmup=size["warm_warmup"])
     warm_keys = partition_keys(SEED + 1, plan.partitions, sampler.chains)
-    hot = timed(warm.compiled_fit(model.model, warm_sampler), warm_keys, data, warm.from_tree(tree))
+    hot = timed(compiled_fit(model.model, warm_sampler), warm_keys, data, start)
 
     cpu_s_per_chain = cold["cpu_s"] / chains
     cpu_hours = cpu_s_per_chain * sampler.chains * FLEET_PARTITIONS / 3600
-    gradient_us = series_gradient_us(model.model, data, warm.from_tree(tree).params, size["gradient_reps"])
+    gradient_us = series_gradient_us(model.model, data, start.values, size["gradient_reps"])
     ess_bar = min(ESS_TARGET, cold["ess_bulk_min"])  # equal quality: the cold run's bar, at most the target
     warm_quality = hot["ess_bulk_min"] >= ess_bar and hot["r_hat_max"] <= RHAT_MAX
     return {
@@ -82,6 +86,17 @@ def run(quick: bool = False) -> dict:
         "warm_ess_kept": hot["ess_bulk_min"] / cold["ess_bulk_min"],
         "warm_equal_quality": bool(warm_quality),
     }
+
+
+def warm_start(tree: xr.DataTree) -> WarmStart:
+    """Every (partition, chain)'s warm start from an artifact tree: last draw plus ``adaptation``."""
+    last = tree["posterior"].to_dataset().isel(draw=-1)
+    adaptation = tree["adaptation"].to_dataset()
+    return WarmStart(
+        {name: np.asarray(value) for name, value in last.data_vars.items()},
+        np.asarray(adaptation["step_size"]),
+        np.asarray(adaptation["inverse_mass_matrix"]),
+    )
 
 
 def timed(program, *args) -> dict:

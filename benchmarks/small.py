@@ -89,7 +89,7 @@ def warm_compilation_cache(model, parts: dict, sampler: SamplerConfig, batch_siz
         keys = partition_keys(SEED, ["warm"] * size, sampler.chains)
         data = stack_partitions(model, list(parts.values())[:1], length, size)
         with measure() as trace:
-            lowered = compiled_fit(model.model, sampler).lower(keys, data)
+            lowered = compiled_fit(model.model, sampler).lower(keys, data, None)
         with measure() as compile_:
             lowered.compile()
         seconds["trace_s"] += trace.wall_s
@@ -170,7 +170,7 @@ def pymc_loop(model, parts: dict, sampler: SamplerConfig, count: int) -> dict:
         import pymc as pm
     except ImportError:
         return {"skipped": "pymc is not installed (pip install -r requirements-bench.lock)"}
-    logging.getLogger("pymc").setLevel(logging.ERROR)
+    logging.getLogger("pymc").setLevel(logging.CRITICAL)  # its convergence warnings
     ess = []
     with warnings.catch_warnings(), measure() as cost:
         warnings.simplefilter("ignore")
