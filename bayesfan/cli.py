@@ -99,22 +99,36 @@ def fit(
     combine: str = typer.Option("consensus", help="consensus mode: consensus, consensus-diag, parametric, "
                                 "semiparametric or full"),
     shard_by: Optional[str] = typer.Option(None, "--shard-by", help="consensus mode: keep a group's rows in one shard"),
+    backend: str = typer.Option("local", help="local (process pool), dask, pool (Prefect work pool) or batch "
+                                "(AWS Batch arrays)"),
+    dask_address: Optional[str] = typer.Option(None, "--dask-address", help="dask: scheduler address"),
+    work_pool: Optional[str] = typer.Option(None, "--work-pool", help="pool: work pool of the fit-batch deployment"),
+    max_in_flight: int = typer.Option(64, "--max-in-flight", help="pool/batch: most batches running at once"),
+    job_queue: Optional[str] = typer.Option(None, "--job-queue", help="batch: AWS Batch job queue"),
+    job_definition: Optional[str] = typer.Option(None, "--job-definition", help="batch: AWS Batch job definition"),
+    max_interruptions: int = typer.Option(5, "--max-interruptions", help="resubmissions after crashes or Spot "
+                                          "interruptions (a separate budget from --max-retries)"),
+    max_refits: int = typer.Option(1, "--max-refits", help="refits of unconverged partitions (double warmup, "
+                                   "higher target_accept)"),
+    min_success_ratio: float = typer.Option(1.0, "--min-success-ratio", help="fraction of partitions that must be "
+                                            "ok or unconverged; below it the run exits 1"),
+    warm_start: Optional[str] = typer.Option(None, "--warm-start", help="previous artifact to start chains from"),
+    warm_warmup: int = typer.Option(150, "--warm-warmup", help="warmup iterations of a warm-started partition"),
     as_json: bool = typer.Option(False, "--json", help="print the run summary as JSON"),
     debug: bool = typer.Option(False, "--debug", help="show tracebacks"),
 ):
-    """Fit one model per partition and write the artifact to OUT."""
+    """Fit one model per partition (or one model over shards) and write the artifact to OUT."""
     from bayesfan.config import FitConfig
     from bayesfan.result import FitFailed
     from models import resolve_model
 
     if debug:
         os.environ["PREFECT_LOGGING_LEVEL"] = "INFO"
+    fields = dict(locals())
     try:
         config = FitConfig(
-            data=data, model=model, partition_by=partition_by, out=out, chains=chains, warmup=warmup,
-            draws=draws, seed=seed, batch_size=batch_size, workers=workers, max_retries=max_retries,
-            model_options=_parse_options(model_option), mode=mode, shards=shards, combine=combine,
-            shard_by=shard_by,
+            **{k: v for k, v in fields.items() if k in FitConfig.model_fields and v is not None},
+            model_options=_parse_options(model_option),
         )
         _preflight(config, resolve_model(config.model, config.model_options))
         from flows.fit import run_fit
@@ -127,6 +141,40 @@ def fit(
     except Exception as exc:  # noqa: BLE001 - one line unless --debug
         _fail(exc, debug)
     _report(result, as_json)
+
+
+@app.command("batch-child")
+def batch_child(
+    spec: Optional[str] = typer.Option(None, "--spec", help="run spec URL (default: $BAYESFAN_SPEC)"),
+    index: Optional[int] = typer.Option(None, "--index", help="child index (default: $BAYESFAN_INDEX_OFFSET + "
+                                        "$AWS_BATCH_JOB_ARRAY_INDEX)"),
+    debug: bool = typer.Option(False, "--debug", help="show tracebacks"),
+):
+    """Fit one batch of an AWS Batch run (what each array-job child runs)."""
+    from flows.awsbatch import run_child
+    from tasks.awsbatch import child_index
+
+    try:
+        spec_url = spec or os.environ["BAYESFAN_SPEC"]
+        record = run_child(spec_url, child_index() if index is None else index,
+                           attempt=int(os.environ.get("AWS_BATCH_JOB_ATTEMPT", "1")))
+    except Exception as exc:  # noqa: BLE001 - one line unless --debug; a non-zero exit fails the child
+        _fail(exc, debug)
+    typer.echo(f"batch {record['batch_id']}: {len(record['partitions'])} partitions done")
+
+
+@app.command()
+def deploy(
+    work_pool: str = typer.Option(..., "--work-pool", help="Prefect work pool for both deployments"),
+    image: Optional[str] = typer.Option(None, "--image", help="container image (ECS pools); none for process pools"),
+    source: Path = typer.Option(Path("."), "--source", help="project directory the worker runs flows from "
+                                "(process pools)"),
+):
+    """Register the fit-partitions and fit-batch deployments on WORK_POOL."""
+    from flows.deploy import deploy_flows
+
+    for name in deploy_flows(work_pool, image, str(source.resolve())):
+        typer.echo(f"deployed {name} on {work_pool}")
 
 
 @app.command()
@@ -165,7 +213,9 @@ def demo(out: Path = typer.Option(Path("demo-out"), "--out", help="where to writ
     fit(
         data=str(data), model="impressions_nb", partition_by="market,network", out=str(out / "artifact"),
         chains=4, warmup=300, draws=700, seed=0, batch_size=32, workers=None, max_retries=3,
-        model_option=[], mode="partitions", shards=4, combine="consensus", shard_by=None,
+        model_option=[], mode="partitions", shards=4, combine="consensus", shard_by=None, backend="local",
+        dask_address=None, work_pool=None, max_in_flight=64, job_queue=None, job_definition=None,
+        max_interruptions=5, max_refits=1, min_success_ratio=1.0, warm_start=None, warm_warmup=150,
         as_json=False, debug=False,
     )
 
