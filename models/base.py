@@ -19,7 +19,7 @@ from typing import ClassVar
 
 import numpy as np
 import pandas as pd
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 
 class PartitionError(ValueError):
@@ -36,6 +36,10 @@ class Model(BaseModel):
     order_by: ClassVar[str | None] = None
     #: Fewest rows a partition needs to be fitted.
     min_rows: ClassVar[int] = 2
+
+    max_rows: int = Field(
+        1_000_000, ge=1, description="partitions with more rows are quarantined rather than fitted (memory, time)"
+    )
 
     def columns(self) -> dict[str, str]:
         raise NotImplementedError
@@ -58,6 +62,9 @@ class Model(BaseModel):
         """Raise ``PartitionError`` naming the column when a partition's rows are unusable."""
         if len(rows) < self.min_rows:
             raise PartitionError(f"{len(rows)} rows, needs at least {self.min_rows}")
+        if len(rows) > self.max_rows:
+            raise PartitionError(f"{len(rows)} rows, more than max_rows={self.max_rows} "
+                                 "(raise it with --model-option max_rows=N)")
         for column, kind in self.columns().items():
             values = rows[column].to_numpy(dtype=float, na_value=np.nan)
             if not np.all(np.isfinite(values)):

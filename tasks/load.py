@@ -65,11 +65,11 @@ def check_columns(frame: pd.DataFrame, url: str, partition_by: tuple[str, ...], 
         if not set(needed) & set(frame.columns) and any(_is_number(c) for c in frame.columns):
             raise DataError(f"{url}: no header row (the first line is data: {have}); needs columns {needed}")
         raise DataError(f"{url}: missing column {missing[0]!r} (model {model.name} needs {needed}; file has {have})")
+    if frame.empty:
+        raise DataError(f"{url}: no rows")
     for column in model.columns():
         if not (pd.api.types.is_numeric_dtype(frame[column]) or pd.api.types.is_bool_dtype(frame[column])):
             raise DataError(f"{url}: column {column!r} must be numeric, found {frame[column].dtype}")
-    if frame.empty:
-        raise DataError(f"{url}: no rows")
 
 
 def fingerprint(frame: pd.DataFrame) -> str:
