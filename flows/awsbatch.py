@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import time
 
 import boto3
@@ -21,7 +22,9 @@ from tasks.awsbatch import run_children
 from tasks.sample import finished_record
 from tasks.split import BatchPlan
 
-RESULT_WAIT_SECONDS = 60.0
+#: How long to wait for a SUCCEEDED child's result to verify in storage, and how often to poll Batch.
+RESULT_WAIT_SECONDS = float(os.environ.get("BAYESFAN_BATCH_RESULT_WAIT_SECONDS", "120"))
+POLL_SECONDS = float(os.environ.get("BAYESFAN_BATCH_POLL_SECONDS", "30"))
 
 
 def write_spec(config: FitConfig, plans: list[BatchPlan]) -> str:
@@ -48,7 +51,7 @@ def run_on_aws_batch(config: FitConfig, plans: list[BatchPlan]) -> tuple[list[di
     client = boto3.client("batch")
     statuses = run_children(
         client, f"bayesfan-{config.run_id(spec_url)}", config.job_queue, config.job_definition, len(plans),
-        {"BAYESFAN_SPEC": spec_url}, rounds=1 + config.max_interruptions,
+        {"BAYESFAN_SPEC": spec_url}, rounds=1 + config.max_interruptions, poll_seconds=POLL_SECONDS,
     )
     store = Store(config.out)
     records, failures = {}, {}

@@ -2,6 +2,13 @@
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
 import boto3
 import pytest
 from botocore.exceptions import ClientError
@@ -189,3 +196,48 @@ def test_missing_jobs_are_reported_missing_and_resubmitted(moto, batch_queue):  
     assert awsbatch.child_statuses(batch, [Submission("no-such-job", 0, 3)]) == dict.fromkeys(range(3), "MISSING")
     resubmitted = awsbatch.submit_indices(batch, "lost", queue, definition, [0, 1, 2], ENV)
     assert awsbatch.wait(batch, resubmitted, poll_seconds=0) == dict.fromkeys(range(3), "SUCCEEDED")
+
+
+def test_fit_on_the_batch_backend_end_to_end(moto, batch_queue, tmp_path):  # noqa: F811
+    """``bayesfan fit --backend batch`` submits arrays to moto; this test plays the compute
+    environment, running ``bayesfan batch-child`` with the array index set, as Batch would."""
+    import numpy as np
+
+    from models import resolve_model
+
+    queue, definition = batch_queue
+    frame, _ = resolve_model("linear_regression").simulate(np.random.default_rng(2), 3, 30)
+    frame.to_parquet(tmp_path / "data.parquet", index=False)
+    bin_dir = Path(sys.executable).parent
+    env = {**os.environ, "AWS_ENDPOINT_URL": moto, "BAYESFAN_BATCH_POLL_SECONDS": "0.5",
+           "BAYESFAN_BATCH_RESULT_WAIT_SECONDS": "600"}
+    env.pop("PREFECT_API_URL", None)
+    out = tmp_path / "out"
+    parent = subprocess.Popen(  # noqa: S603 - fixed argv
+        [str(bin_dir / "bayesfan"), "fit", "--data", str(tmp_path / "data.parquet"), "--model", "linear_regression",
+         "--partition-by", "partition", "--out", str(out), "--backend", "batch", "--job-queue", queue,
+         "--job-definition", definition, "--batch-size", "1", "--chains", "2", "--warmup", "100", "--draws", "100",
+         "--max-refits", "0", "--json"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        deadline = time.monotonic() + 300
+        while not list((out / "batches").glob("spec-*.json")) and time.monotonic() < deadline:
+            assert parent.poll() is None, parent.communicate()
+            time.sleep(0.5)
+        (spec,) = (out / "batches").glob("spec-*.json")
+        for index in range(3):
+            child = subprocess.run(  # noqa: S603 - fixed argv
+                [str(bin_dir / "bayesfan"), "batch-child", "--spec", str(spec)],
+                env={**env, "AWS_BATCH_JOB_ARRAY_INDEX": str(index), "BAYESFAN_INDEX_OFFSET": "0"},
+                capture_output=True, text=True, timeout=600,
+            )
+            assert child.returncode == 0, child.stderr
+            assert "3 partitions" not in child.stdout and "1 partitions done" in child.stdout
+        stdout, stderr = parent.communicate(timeout=600)
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+    assert parent.returncode == 0, stderr
+    summary = json.loads(stdout.strip().splitlines()[-1])
+    assert summary["counts"]["total"] == 3 and summary["counts"]["failed"] == 0
