@@ -29,6 +29,7 @@ from numpyro.primitives import Messenger
 from bayesfan.result import FitResult
 from bayesfan.storage import Store
 from models import resolve_model
+from tasks.reduce import STATUSES
 from tasks.split import PARTITION_COLUMN
 
 #: Partitions in the forest plot; larger runs are sampled (the worst always included).
@@ -76,7 +77,8 @@ class Page:
     def html(self, title: str) -> str:
         style = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}"
                  "img{max-width:100%}table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:2px 6px;"
-                 "text-align:left;font-size:90%}figcaption{color:#555;font-size:90%}")
+                 "text-align:left;font-size:90%}figure{display:inline-block;vertical-align:top;margin:0.5em}"
+                 "figcaption{color:#555;font-size:90%}")
         return (f"<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>"
                 f"<style>{style}</style></head><body><h1>{html.escape(title)}</h1>{''.join(self.parts)}</body></html>")
 
@@ -110,7 +112,8 @@ def build_report(out_url: str, parameter: str | None = None, max_partitions: int
 def overview(page: Page, manifest: dict) -> None:
     counts, config = manifest["counts"], manifest["config"]
     page.heading("Overview")
-    page.table([{"model": manifest["model"], "mode": config.get("mode", "partitions"), **counts,
+    page.table([{"model": manifest["model"], "mode": config.get("mode", "partitions"),
+                 **{s: counts[s] for s in (*STATUSES, "total")},
                  "chains": config["chains"], "warmup": config["warmup"], "draws": config["draws"],
                  "worst r_hat": manifest["worst_r_hat"], "data": manifest["input"]["url"]}], "overview")
     for warning in manifest.get("warnings", []):
