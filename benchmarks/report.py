@@ -48,3 +48,63 @@ def headline(results: dict) -> list[str]:
             met = met and results[suite]["warm_equal_quality"]
         lines.append(f"{key} = {value:.3g} (target {op} {bound:g}: {'met' if met else 'missed'})")
     return lines
+
+
+def markdown(results: dict) -> str:
+    """The README's results tables for whatever suites ``results`` holds."""
+    env = results["environment"]
+    out = [f"{'Quick run (tiny sizes: the numbers mean nothing)' if results['quick'] else 'Full run'} on "
+           f"{env['cpus']} CPUs, " + ", ".join(f"{k} {v}" for k, v in env["versions"].items() if v) + ".", ""]
+    out += ["| key | value | target |", "|---|---|---|"]
+    for key, (op, bound) in TARGETS.items():
+        suite, name = key.split(".")
+        if suite in results:
+            out.append(f"| `{key}` | {_fmt(results[suite].get(name))} | {op} {bound:g} |")
+    if "small" in results:
+        out += ["", "| small: system | partitions/s | CPU-s per partition | median bulk ESS "
+                    "| ESS per CPU-s |", "|---|---|---|---|---|"]
+        for name, s in results["small"]["systems"].items():
+            cells = [s.get(k) for k in ("partitions_per_s", "cpu_s_per_partition", "ess_bulk_median",
+                                         "ess_bulk_per_cpu_s")]
+            out.append(f"| {name} | " + " | ".join(_fmt(c) for c in cells) + " |"
+                       if "skipped" not in s else f"| {name} | skipped: {s['skipped']} | | | |")
+    if "hmm" in results:
+        h, p = results["hmm"], results["hmm"]["projection"]
+        out += ["", "| hmm | value |", "|---|---|"]
+        rows = {
+            "CPU-s per chain (Ampersand: 1,551)": h["cpu_s_per_chain"],
+            "min bulk ESS / max R-hat": f"{_fmt(h['ess_bulk_min'])} / {_fmt(h['r_hat_max'])}",
+            "µs per series-gradient": h["us_per_series_gradient"],
+            "leapfrog steps per draw / lockstep efficiency":
+                f"{_fmt(h['leapfrog_steps_per_draw'])} / {_fmt(h['lockstep_efficiency'])}",
+            f"{p['partitions']:,} partitions: CPU-hours (Ampersand: {p['ampersand_cpu_hours']:,.0f})":
+                p["cpu_hours"],
+            f"{p['partitions']:,} partitions: USD at ${p['usd_per_vcpu_hour']}/vCPU-h (Ampersand: "
+            f"{p['ampersand_usd']:,.0f})": p["usd"],
+            "warm start: warmup iterations saved / min ESS kept":
+                f"{h['warmup_iterations_saved']:.0%} / {h['warm_ess_kept']:.0%}",
+            "warm start: equal quality": h["warm_equal_quality"],
+        }
+        out += [f"| {k} | {_fmt(v)} |" for k, v in rows.items()]
+    if "fanout" in results:
+        out += ["", "| fanout: partitions | wall s | CPU s | client peak RSS MiB | batches | task runs |",
+                "|---|---|---|---|---|---|"]
+        for n, r in results["fanout"]["runs"].items():
+            cells = [r["wall_s"], r["cpu_s"], r["client_peak_rss_mb"], r["batches"], r["task_runs"]]
+            out.append(f"| {int(n):,} | " + " | ".join(_fmt(c) for c in cells) + " |")
+    return "\n".join(out)
+
+
+def _fmt(value) -> str:
+    if value is None:
+        return "n/a"
+    if isinstance(value, float):
+        return f"{value:,.3g}" if abs(value) < 1000 else f"{value:,.0f}"
+    return str(value)
+
+
+if __name__ == "__main__":
+    import json
+    import sys
+
+    print(markdown(json.loads(open(sys.argv[1]).read())))

@@ -14,7 +14,7 @@ import sys
 import pytest
 
 from benchmarks.measure import lockstep_efficiency, measure
-from benchmarks.report import headline
+from benchmarks.report import headline, markdown
 
 BAYESFAN = [sys.executable, "-m", "bayesfan.cli"]
 
@@ -34,6 +34,7 @@ def run_quick(suite: str, tmp_path) -> dict:
     assert done.returncode == 0, done.stderr[-3000:]
     results = json.loads(path.read_text())
     assert results["quick"] is True and results["environment"]["cpus"] >= 1
+    assert "| key | value | target |" in markdown(results)
     return results
 
 
@@ -85,6 +86,7 @@ def test_lockstep_efficiency_is_mean_over_per_iteration_max():
 
 
 def test_headline_marks_targets_met_and_missed():
-    results = {"small": {"speedup_vs_numpyro_loop": 60.0, "speedup_vs_pymc": None, "pipeline_over_kernel": 1.3}}
+    small = {"speedup_vs_numpyro_loop": 60.0, "speedup_vs_pymc": None, "pipeline_over_kernel": 1.3}
+    results = {"small": small}
     lines = headline(results)
     assert lines[0].endswith("met)") and "n/a" in lines[1] and lines[2].endswith("missed)")
