@@ -42,6 +42,10 @@ PPC_DRAWS = 50
 TABLE_ROWS = 1000
 
 
+class UsageError(ValueError):
+    """A report option names something the artifact does not have (the CLI exits 2)."""
+
+
 class Page:
     """HTML fragments and the PNGs they show, in order."""
 
@@ -102,6 +106,7 @@ def build_report(out_url: str, parameter: str | None = None, max_partitions: int
         worst_section(page, units, verdicts, keys, parameter)
         ppc_section(page, store, manifest, tree, keys)
     failures_section(page, manifest)
+    store.remove("report")  # no PNG of an earlier report survives
     for name, png in page.pngs.items():
         store.write_bytes(png, "report", f"{name}.png")
     store.write_bytes(page.html(f"bayesfan report: {manifest['model']} ({manifest['run_id']})").encode(),
@@ -141,7 +146,7 @@ def choose_parameter(units: xr.DataTree, parameter: str | None) -> str:
     if parameter is None:
         return names[0]
     if parameter not in names:
-        raise ValueError(f"unknown parameter {parameter!r}; the posterior has {', '.join(names)}")
+        raise UsageError(f"unknown parameter {parameter!r}; the posterior has {', '.join(names)}")
     return parameter
 
 

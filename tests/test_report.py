@@ -72,7 +72,7 @@ def test_cli_report(partitions_fit):
     assert done.exit_code == 0, done.output
     assert "<h2>Forest plot: phi</h2>" in check_page(partitions_fit)
     wrong = runner.invoke(app, ["report", partitions_fit, "--parameter", "nope"])
-    assert wrong.exit_code == 1 and "unknown parameter 'nope'" in wrong.output
+    assert wrong.exit_code == 2 and "unknown parameter 'nope'" in wrong.output
 
 
 def test_consensus_report(tmp_path):
