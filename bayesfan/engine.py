@@ -15,6 +15,10 @@ The core is pure functions over arrays, in the style of ``numpyro.infer.hmc``:
 The compiled program is cached per (model, sampler config, shapes), so every
 batch of a shape bucket reuses it; ``enable_compilation_cache`` turns on JAX's
 persistent cache so that new worker processes do not recompile either.
+
+With ``BAYESFAN_CPU_DEVICES=n`` (n > 1) the process exposes n CPU devices and a
+batch's partitions are split across them (the same program on each); by default
+bayesfan uses every core through worker processes instead (see benchmarks/README.md).
 """
 
 from __future__ import annotations
@@ -33,6 +37,8 @@ from numpyro.infer.initialization import init_to_uniform, init_to_value
 from numpyro.infer.util import initialize_model
 
 jax.config.update("jax_enable_x64", False)
+if int(os.environ.get("BAYESFAN_CPU_DEVICES", "1")) > 1:
+    jax.config.update("jax_num_cpu_devices", int(os.environ["BAYESFAN_CPU_DEVICES"]))
 
 
 class SamplerConfig(NamedTuple):
@@ -119,8 +125,26 @@ def fit_batch(
     ``model`` is a hashable NumPyro model callable (a ``models.base.Model`` instance
     compares by value, so equal models share one compiled program).
     """
-    out = compiled_fit(model, cfg)(keys, data, warm)
-    return jax.tree.map(np.asarray, out)
+    fn = compiled_fit(model, cfg)
+    parts = [fn(*chunk) for chunk in split_across_devices(keys, data, warm)]  # dispatched asynchronously
+    return jax.tree.map(lambda *xs: np.concatenate([np.asarray(x) for x in xs]), *parts)
+
+
+def split_across_devices(*trees) -> list:
+    """Equal slices of the leading (partition) axis, one per local device when there are several.
+
+    Each slice runs the same compiled program on its own device, so a partition's
+    draws are the same however many devices share the batch.
+    """
+    devices = jax.local_devices()
+    size = jax.tree.leaves(trees)[0].shape[0]
+    if len(devices) < 2 or size % len(devices):
+        return [trees]
+    step = size // len(devices)
+    return [
+        jax.device_put(jax.tree.map(lambda a: a[i * step : (i + 1) * step], trees), device)
+        for i, device in enumerate(devices)
+    ]
 
 
 def partition_id(key: str) -> int:
