@@ -77,6 +77,7 @@ def markdown(results: dict) -> str:
             "µs per series-gradient": h["us_per_series_gradient"],
             "leapfrog steps per draw / lockstep efficiency":
                 f"{_fmt(h['leapfrog_steps_per_draw'])} / {_fmt(h['lockstep_efficiency'])}",
+            "share of CPU in gradients (estimate)": f"{h['gradient_share_estimate']:.0%}",
             f"{p['partitions']:,} partitions: CPU-hours (Ampersand: {p['ampersand_cpu_hours']:,.0f})":
                 p["cpu_hours"],
             f"{p['partitions']:,} partitions: USD at ${p['usd_per_vcpu_hour']}/vCPU-h (Ampersand: "
