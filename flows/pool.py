@@ -4,13 +4,16 @@ work pool (ECS with Fargate Spot in production, a process pool locally).
 One polling loop (no thread per batch) keeps at most ``max_in_flight`` runs going.
 A run that ends Failed is resubmitted up to ``max_retries`` times; one that ends
 Crashed or Cancelled (a killed worker, a Spot interruption) up to
-``max_interruptions`` times. Each submission's idempotency key is the batch id
-plus the attempt number: a restarted parent finds its children again instead of
-duplicating them, and a new attempt is never answered with the old failed run.
+``max_interruptions`` times. Each submission's idempotency key is the batch id,
+a hash of the artifact location and the attempt number: a restarted parent finds
+its children again instead of duplicating them, a new attempt is never answered
+with the old failed run, and the same fit into another location (the batch id does
+not depend on it) is not answered with the runs that wrote the first one.
 """
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections import Counter, deque
 
@@ -28,10 +31,11 @@ DEPLOYMENT = "fit-batch/fit-batch"
 POLL_SECONDS = 2.0
 
 
-def run_on_pool(config: FitConfig, plans: list[BatchPlan]) -> tuple[list[dict], dict]:
+def run_on_pool(config: FitConfig, plans: list[BatchPlan], on_settled=lambda done, failed: None) -> tuple[list[dict], dict]:
     """Run every plan as a ``fit-batch`` flow run; return (records in plan order, failures)."""
     store = Store(config.out)
     queue, in_flight = deque(plans), {}
+    location = hashlib.sha256(config.out.encode()).hexdigest()[:8]
     errors, interruptions = Counter(), Counter()
     records, failures = {}, {}
     with get_client(sync_client=True) as client:
@@ -40,7 +44,7 @@ def run_on_pool(config: FitConfig, plans: list[BatchPlan]) -> tuple[list[dict], 
                 plan = queue.popleft()
                 attempt = errors[plan.batch_id] + interruptions[plan.batch_id] + 1
                 run = run_deployment(
-                    DEPLOYMENT, timeout=0, idempotency_key=f"{plan.batch_id}-{attempt}",
+                    DEPLOYMENT, timeout=0, idempotency_key=f"{plan.batch_id}-{location}-{attempt}",
                     parameters={"config": config.model_dump(mode="json"), "plan": plan.model_dump(),
                                 "attempt": attempt},
                 )
@@ -64,4 +68,5 @@ def run_on_pool(config: FitConfig, plans: list[BatchPlan]) -> tuple[list[dict], 
                 else:
                     attempts = errors[plan.batch_id] + interruptions[plan.batch_id] + 1
                     failures[plan.batch_id] = failure(plan, attempts, f"{run.state.type.value}: {run.state.message}")
+                on_settled(len(records), len(failures))
     return [records[p.batch_id] for p in plans if p.batch_id in records], failures

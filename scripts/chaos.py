@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import random
 import shutil
@@ -164,6 +165,8 @@ class Chaos:
         import boto3
         from moto.server import ThreadedMotoServer
 
+        logging.getLogger("werkzeug").setLevel(logging.ERROR)  # moto's request log
+
         port = free_port()
         server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
         server.start()
@@ -177,8 +180,16 @@ class Chaos:
         log(f"moto at {self.moto}, fault proxy ({self.args.fault_rate:.0%}) at {self.proxy.url}")
 
     def deploy(self) -> None:
-        self.run([str(BIN / "prefect"), "work-pool", "create", POOL, "--type", "process"], self.env,
-                 "work-pool-create", timeout=180)
+        """A process pool whose runs start as ``prefect flow-run execute``, the supervisor an ECS task
+        runs too: it turns a SIGTERM into a reschedule (``python -m prefect.engine``, the process
+        pool's default, would end the run Crashed)."""
+        output = self.run([str(BIN / "prefect"), "work-pool", "get-default-base-job-template", "--type", "process"],
+                          self.env, "job-template", timeout=180)
+        template = json.loads(output[output.index("{"):])
+        template["variables"]["properties"]["command"]["default"] = f"{BIN / 'prefect'} flow-run execute"
+        (self.work / "job-template.json").write_text(json.dumps(template))
+        self.run([str(BIN / "prefect"), "work-pool", "create", POOL, "--type", "process", "--base-job-template",
+                  str(self.work / "job-template.json")], self.env, "work-pool-create", timeout=180)
         output = self.run([str(BIN / "bayesfan"), "deploy", "--work-pool", POOL, "--source", str(ROOT)], self.env,
                           "deploy", timeout=300)
         if "fit-batch/fit-batch" not in output:
@@ -356,14 +367,25 @@ class Chaos:
             raise RuntimeError(f"the chaos parent exited {self.parent.returncode}:\n{tail}")
         log(f"chaos run finished in {self.chaos_seconds:.0f}s")
 
-    def clean_run(self) -> Path:
-        out = self.work / "clean"
+    def start_clean(self) -> None:
+        """The clean run: same data and seed, ``--backend local`` into a local directory, alongside."""
+        self.clean_out = self.work / "clean"
         env = self.env | {"AWS_ENDPOINT_URL_S3": "http://127.0.0.1:9"}  # nothing S3 about it
-        start = time.monotonic()
-        self.run(self.fit_argv(str(out), "--backend", "local", "--workers", str(self.args.workers)), env, "clean")
-        self.clean_seconds = time.monotonic() - start
+        self.clean_started = time.monotonic()
+        self.clean = self.spawn(self.fit_argv(str(self.clean_out), "--backend", "local", "--workers", "1"),
+                                env, "clean")
+
+    def wait_clean(self) -> Path:
+        while self.clean.poll() is None:
+            self.check_time("waiting for the clean run")
+            time.sleep(1.0)
+        if self.clean.returncode != 0:
+            tail = (self.work / "clean.log").read_text(errors="replace")[-4000:]
+            raise RuntimeError(f"the clean run exited {self.clean.returncode}:\n{tail}")
+        finished = (self.work / "clean.log").stat().st_mtime  # its last words: when it finished
+        self.clean_seconds = finished - (time.time() - (time.monotonic() - self.clean_started))
         log(f"clean run finished in {self.clean_seconds:.0f}s")
-        return out
+        return self.clean_out
 
     # --- verdict ----------------------------------------------------------------------------
     def compare(self, clean: Path) -> dict:
@@ -389,6 +411,19 @@ class Chaos:
         manifest = json.loads((local / "manifest.json").read_text()) if (local / "manifest.json").exists() else {}
         return {"lost": lost, "duplicated": duplicated, "identical": identical,
                 "counts": manifest.get("counts"), "batches_reused": manifest.get("batches_reused")}
+
+    def rescheduled(self) -> int:
+        """How many SIGTERM'd runs went back to Scheduled (AwaitingRetry) instead of ending Crashed."""
+        count = 0
+        for event in self.events:
+            if event["event"] != "sigterm":
+                continue
+            url = f"{self.api}/flow_run_states/?flow_run_id={event['flow_run']}"
+            with urllib.request.urlopen(url, timeout=30) as response:  # noqa: S310 - loopback
+                names = [state["name"] for state in json.loads(response.read())]
+            event["states"] = names
+            count += "AwaitingRetry" in names
+        return count
 
     def run_states(self) -> dict:
         """How many fit-batch flow runs ended in which state."""
@@ -489,10 +524,12 @@ def main(argv: list[str] | None = None) -> int:
             chaos.start_s3()
             chaos.deploy()
             chaos.start_workers()
+            chaos.start_clean()
             chaos.drive()
-            verdict.update(chaos.compare(chaos.clean_run()))
+            verdict.update(chaos.compare(chaos.wait_clean()))
             try:
                 verdict["flow_runs"] = chaos.run_states()
+                verdict["sigterms_rescheduled"] = chaos.rescheduled()
             except OSError:
                 pass
             log("stopping every process")
@@ -519,7 +556,8 @@ def main(argv: list[str] | None = None) -> int:
     (work / "report.json").write_text(json.dumps(report, indent=1, default=str))
     if args.report:
         args.report.write_text(json.dumps(report, indent=1, default=str))
-    log(json.dumps({k: report[k] for k in ("counts", "batches_reused", "flow_runs", "s3_requests", "seconds",
+    log(json.dumps({k: report[k] for k in ("counts", "batches_reused", "flow_runs", "sigterms_rescheduled",
+                                           "s3_requests", "seconds",
                                            "leftover_pids") if k in report}, default=str))
     if ok and args.workdir is None:
         shutil.rmtree(work, ignore_errors=True)
