@@ -114,6 +114,7 @@ def fit(
                                             "ok or unconverged; below it the run exits 1"),
     warm_start: Optional[str] = typer.Option(None, "--warm-start", help="previous artifact to start chains from"),
     warm_warmup: int = typer.Option(150, "--warm-warmup", help="warmup iterations of a warm-started partition"),
+    report: bool = typer.Option(True, "--report/--no-report", help="write report.html with diagnostic plots"),
     as_json: bool = typer.Option(False, "--json", help="print the run summary as JSON"),
     debug: bool = typer.Option(False, "--debug", help="show tracebacks"),
 ):
@@ -216,7 +217,7 @@ def demo(out: Path = typer.Option(Path("demo-out"), "--out", help="where to writ
         model_option=[], mode="partitions", shards=4, combine="consensus", shard_by=None, backend="local",
         dask_address=None, work_pool=None, max_in_flight=64, job_queue=None, job_definition=None,
         max_interruptions=5, max_refits=1, min_success_ratio=1.0, warm_start=None, warm_warmup=150,
-        as_json=False, debug=False,
+        report=True, as_json=False, debug=False,
     )
 
 

@@ -62,6 +62,7 @@ class FitConfig(BaseModel):
     )
     warm_start: str | None = Field(None, description="a previous artifact to start each partition's chains from")
     warm_warmup: int = Field(150, ge=0, le=100_000, description="warmup iterations of a warm-started partition")
+    report: bool = Field(True, description="write report.html (plots) into the artifact")
     rhat_max: float = Field(1.01, gt=1.0, description="R-hat above this marks a partition unconverged")
     ess_min: float = Field(100.0, ge=0.0, description="bulk ESS below this marks a partition unconverged")
 

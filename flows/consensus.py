@@ -33,6 +33,7 @@ from bayesfan.storage import Store
 from flows.fanout import run_batches
 from models import resolve_model
 from models.base import Model, PartitionError
+from tasks.artifacts import artifact_prefix, publish_artifacts
 from tasks.consensus import (
     assign_shards, combine, constrained_posterior, disagreement, improper_priors, non_gaussianity,
     probe_data, unconstrained_subdraws,
@@ -40,6 +41,7 @@ from tasks.consensus import (
 from tasks.diagnose import SUMMARY_COLUMNS, summarize
 from tasks.load import DataError, check_columns, fingerprint, read_table
 from tasks.reduce import STATUSES, combine_trees, partition_table, write_tree
+from tasks.report import build_report
 from tasks.sample import finished_record, load_result
 from tasks.split import BatchPlan, bucket_length, content_hash, padded_size, write_batch_input
 
@@ -167,6 +169,9 @@ def fit_consensus(config: FitConfig) -> FitResult:
                   for j, label in enumerate(labels)}
     header["timings"] = _timings(started, split_done, sample_done)
     manifest = _write(store, sub, posterior, ngauss, header, None, config)
+    if config.report:
+        build_report(config.out)
+    publish_artifacts(manifest, artifact_prefix(config.model))
     return FitResult(config.out, manifest)
 
 

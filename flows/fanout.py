@@ -58,20 +58,27 @@ def task_runner(config: FitConfig):
     return ProcessPoolTaskRunner(max_workers=config.workers) if config.workers else ProcessPoolTaskRunner()
 
 
-def run_batches(config: FitConfig, plans: list[BatchPlan], tags: tuple[str, ...] = ()) -> tuple[list[dict], dict]:
-    """Run every batch on ``config.backend``; return (records in plan order, failures by batch id)."""
+def run_batches(
+    config: FitConfig, plans: list[BatchPlan], tags: tuple[str, ...] = (), on_settled=lambda done, failed: None
+) -> tuple[list[dict], dict]:
+    """Run every batch on ``config.backend``; return (records in plan order, failures by batch id).
+
+    ``on_settled(done, failed)`` is called as batches finish, with running counts.
+    """
     if config.backend == "pool":
         from flows.pool import run_on_pool
 
-        return run_on_pool(config, plans)
+        return run_on_pool(config, plans, on_settled)
     if config.backend == "batch":
         from flows.awsbatch import run_on_aws_batch
 
         return run_on_aws_batch(config, plans)
-    return run_on_task_runner(config, plans, tags)
+    return run_on_task_runner(config, plans, tags, on_settled)
 
 
-def run_on_task_runner(config: FitConfig, plans: list[BatchPlan], tags: tuple[str, ...] = ()) -> tuple[list[dict], dict]:
+def run_on_task_runner(
+    config: FitConfig, plans: list[BatchPlan], tags: tuple[str, ...] = (), on_settled=lambda done, failed: None
+) -> tuple[list[dict], dict]:
     """Submit to a fresh task runner per round; a crashed round's unfinished batches go again."""
     store = Store(config.out)
     retrying = fit_batch_task.with_options(
@@ -99,6 +106,7 @@ def run_on_task_runner(config: FitConfig, plans: list[BatchPlan], tags: tuple[st
                     failures[plan.batch_id] = failure(
                         plan, config.max_retries + 1, f"interrupted {crashes[plan.batch_id] + 1} times; last: {value}"
                     )
+                on_settled(len(records), len(failures))
     return [records[p.batch_id] for p in plans if p.batch_id in records], failures
 
 

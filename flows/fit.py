@@ -20,7 +20,9 @@ from bayesfan.storage import Store
 from flows.fanout import run_batches
 from models import resolve_model
 from tasks.load import check_columns, fingerprint, read_table
+from tasks.artifacts import artifact_prefix, create_batch_progress, publish_artifacts, update_batch_progress
 from tasks.reduce import reduce_batches
+from tasks.report import build_report
 from tasks.sample import finished_record
 from tasks.split import plan_batches, split_partitions, write_batch_input
 from tasks.warm import load_previous, warm_hashes, write_warm
@@ -40,12 +42,15 @@ def fit_partitions(config: FitConfig) -> FitResult:
     split_done = time.time()
 
     warm = load_previous(config.warm_start, sorted(parts), config.chains) if config.warm_start else None
-    records, failures, reused, total = sample_round(store, config, parts, warm, tags)
+    prefix = artifact_prefix(config.model)
+    records, failures, reused, total = sample_round(store, config, parts, warm, tags, prefix)
     for round_ in range(1, config.max_refits + 1):
         unconverged = {k: parts[k] for r in records for k, v in r["partitions"].items() if v["status"] == "unconverged"}
         if not unconverged:
             break
-        more, more_failures, more_reused, more_total = sample_round(store, config.refit(round_), unconverged, None, tags)
+        more, more_failures, more_reused, more_total = sample_round(
+            store, config.refit(round_), unconverged, None, tags, prefix
+        )
         records, failures = records + more, failures | more_failures
         reused, total = reused + more_reused, total + more_total
     sample_done = time.time()
@@ -62,6 +67,9 @@ def fit_partitions(config: FitConfig) -> FitResult:
         "timings": {"split_s": split_done - started, "sample_s": sample_done - split_done},
     }
     manifest = reduce_batches(store, records, failures, quarantined, header)
+    if config.report:
+        build_report(config.out)
+    publish_artifacts(manifest, prefix)
     result = FitResult(config.out, manifest)
     counts = manifest["counts"]
     if counts["total"] and (counts["ok"] + counts["unconverged"]) / counts["total"] < config.min_success_ratio:
@@ -69,7 +77,7 @@ def fit_partitions(config: FitConfig) -> FitResult:
     return result
 
 
-def sample_round(store: Store, config: FitConfig, parts: dict, warm, tags) -> tuple[list, dict, int, int]:
+def sample_round(store: Store, config: FitConfig, parts: dict, warm, tags, prefix: str) -> tuple[list, dict, int, int]:
     """Plan ``parts`` into batches, write their inputs, reuse finished ones and run the rest."""
     hashes = warm_hashes(warm) if warm is not None else {}
     plans = plan_batches(parts, config.batch_size, config.fingerprint_fields(), hashes)
@@ -79,7 +87,11 @@ def sample_round(store: Store, config: FitConfig, parts: dict, warm, tags) -> tu
             write_warm(store, plan.batch_id, warm, plan.partitions)
     reused = [r for p in plans if (r := finished_record(store, p)) is not None]
     done = {r["batch_id"] for r in reused}
-    records, failures = run_batches(config, [p for p in plans if p.batch_id not in done], tags)
+    progress = create_batch_progress(prefix, total=len(plans), done=len(reused))
+    records, failures = run_batches(
+        config, [p for p in plans if p.batch_id not in done], tags,
+        on_settled=lambda ok, failed: update_batch_progress(progress, len(reused) + ok + failed, len(plans), failed),
+    )
     by_id = {r["batch_id"]: r for r in reused + records}
     return [by_id[p.batch_id] for p in plans if p.batch_id in by_id], failures, len(reused), len(plans)
 

@@ -12,6 +12,7 @@ import re
 from pathlib import Path
 from uuid import UUID
 
+from prefect.runtime import deployment
 from prefect.artifacts import (
     create_link_artifact, create_markdown_artifact, create_progress_artifact, create_table_artifact,
     update_progress_artifact,
@@ -23,6 +24,11 @@ USD_PER_VCPU_HOUR = 0.0133
 TABLE_ROWS = 200
 SEVERITY = {"failed": 0, "quarantined": 1, "unconverged": 2, "ok": 3}
 STATUSES = ("ok", "unconverged", "failed", "quarantined")
+
+
+def artifact_prefix(model: str) -> str:
+    """Keys stable per deployment (per model outside one), so runs compare over time in the UI."""
+    return f"fit-{deployment.name or model}"
 
 
 def artifact_key(prefix: str, name: str) -> str:
@@ -119,9 +125,10 @@ def create_batch_progress(key_prefix: str, total: int, done: int = 0) -> UUID:
         _percent(done, total), key=artifact_key(key_prefix, "progress"), description=f"{done}/{total} batches")
 
 
-def update_batch_progress(artifact_id: UUID, done: int, total: int) -> UUID:
-    """Set the progress artifact to ``done`` of ``total`` batches."""
-    return update_progress_artifact(artifact_id, _percent(done, total), description=f"{done}/{total} batches")
+def update_batch_progress(artifact_id: UUID, done: int, total: int, failed: int = 0) -> UUID:
+    """Set the progress artifact to ``done`` of ``total`` batches, ``failed`` of them failed."""
+    return update_progress_artifact(
+        artifact_id, _percent(done, total), description=f"{done}/{total} batches, {failed} failed")
 
 
 def _percent(done: int, total: int) -> float:

@@ -85,4 +85,4 @@ def test_published_on_a_flow_run(manifest):
     assert table[0]["partition"] == "SD|ABC" and table[0]["r_hat"] is None and len(table) == 5
     assert by_key["fit-tv-report"].type == "markdown" and "report.html" in by_key["fit-tv-report"].data
     assert by_key["fit-tv-progress"].type == "progress" and by_key["fit-tv-progress"].data == 100.0
-    assert by_key["fit-tv-progress"].description == "4/4 batches"
+    assert by_key["fit-tv-progress"].description == "4/4 batches, 0 failed"

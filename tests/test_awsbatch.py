@@ -217,7 +217,7 @@ def test_fit_on_the_batch_backend_end_to_end(moto, batch_queue, tmp_path):  # no
         [str(bin_dir / "bayesfan"), "fit", "--data", str(tmp_path / "data.parquet"), "--model", "linear_regression",
          "--partition-by", "partition", "--out", str(out), "--backend", "batch", "--job-queue", queue,
          "--job-definition", definition, "--batch-size", "1", "--chains", "2", "--warmup", "100", "--draws", "100",
-         "--max-refits", "0", "--json"],
+         "--max-refits", "0", "--no-report", "--json"],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
     try:

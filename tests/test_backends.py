@@ -17,7 +17,7 @@ from models import resolve_model
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
-SMALL = ["--chains", "2", "--warmup", "100", "--draws", "100", "--batch-size", "1", "--max-refits", "0"]
+SMALL = ["--chains", "2", "--warmup", "100", "--draws", "100", "--batch-size", "1", "--max-refits", "0", "--no-report"]
 
 
 @pytest.fixture(scope="module")

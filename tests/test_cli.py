@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 
 BAYESFAN = [sys.executable, "-m", "bayesfan.cli"]
-SMALL = ["--chains", "2", "--warmup", "100", "--draws", "100", "--workers", "1"]
+SMALL = ["--chains", "2", "--warmup", "100", "--draws", "100", "--workers", "1", "--no-report"]
 
 
 def run(*args: str, cwd=None) -> subprocess.CompletedProcess:

@@ -29,7 +29,7 @@ def regression_data(tmp_path_factory) -> str:
 def first_fit(regression_data, tmp_path_factory) -> FitResult:
     out = tmp_path_factory.mktemp("fit") / "artifact"
     config = FitConfig(data=regression_data, model="linear_regression", partition_by=("market", "partition"),
-                       out=str(out), chains=2, warmup=150, draws=150, batch_size=4, workers=2, max_refits=0)
+                       out=str(out), chains=2, warmup=150, draws=150, batch_size=4, workers=2, max_refits=0, report=False)
     return run_fit(config)
 
 
@@ -63,6 +63,18 @@ def test_artifact_contract(first_fit):
     assert row["eti89_lb"] == pytest.approx(np.quantile(draws, 0.055), rel=1e-4)
 
 
+def test_flow_publishes_prefect_artifacts(first_fit):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    keys = [f"fit-linear-regression-{name}" for name in ("progress", "summary", "diagnostics", "artifact", "report")]
+    with get_client(sync_client=True) as client:
+        found = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=keys)))
+    assert {a.key for a in found} == set(keys)
+    table = next(a for a in found if a.key.endswith("diagnostics"))
+    assert "NYC|p0001" in str(table.data)
+
+
 def test_rerun_reuses_every_batch_and_gives_identical_artifact(first_fit):
     config = FitConfig.model_validate(first_fit.manifest["config"])
     again = run_fit(config)
@@ -93,7 +105,7 @@ def test_failed_batch_is_retried_then_marked_failed_without_losing_the_rest(tmp_
     frame.to_csv(data, index=False)
     config = FitConfig(data=str(data), model="faulty:FaultyRegression", partition_by=("partition",),
                        out=str(tmp_path / "out"), chains=2, warmup=100, draws=100, batch_size=1,
-                       workers=2, max_retries=2, retry_delay=0.0, max_refits=0)
+                       workers=2, max_retries=2, retry_delay=0.0, max_refits=0, report=False)
     with pytest.raises(FitFailed) as caught:
         run_fit(config)
     manifest = caught.value.result.manifest
@@ -113,7 +125,7 @@ def test_unconverged_partitions_are_refit_with_longer_warmup(regression_data, tm
     # An unreachable ESS bar makes every partition unconverged, so each is refit once.
     config = FitConfig(data=regression_data, model="linear_regression", partition_by=("market", "partition"),
                        out=str(tmp_path / "out"), chains=2, warmup=100, draws=100, batch_size=8, workers=1,
-                       ess_min=10_000, max_refits=1)
+                       ess_min=10_000, max_refits=1, report=False)
     manifest = run_fit(config).manifest
     assert manifest["batches_total"] == 2
     assert {p["status"] for p in manifest["partitions"].values()} == {"unconverged"}

@@ -18,7 +18,7 @@ def test_warm_start_reaches_cold_quality_and_new_partitions_fall_back(tmp_path):
     old.to_parquet(tmp_path / "old.parquet", index=False)
     new.to_parquet(tmp_path / "new.parquet", index=False)
     common = dict(model="linear_regression", partition_by=("partition",), chains=4, draws=1000, batch_size=8,
-                  workers=1, max_refits=0)
+                  workers=1, max_refits=0, report=False)
     cold = run_fit(FitConfig(data=str(tmp_path / "old.parquet"), out=str(tmp_path / "cold"), warmup=500, **common))
     warm = run_fit(FitConfig(data=str(tmp_path / "new.parquet"), out=str(tmp_path / "warm"), warmup=500, seed=1,
                              warm_start=str(tmp_path / "cold"), warm_warmup=150, **common))
