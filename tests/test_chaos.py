@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -23,12 +24,9 @@ VERDICT = re.compile(
 @pytest.mark.slow
 def test_small_chaos_run_loses_nothing_and_matches_the_clean_run(tmp_path):
     report = tmp_path / "report.json"
-    done = subprocess.run(  # noqa: S603 - fixed argv
-        [sys.executable, str(ROOT / "scripts" / "chaos.py"), "--partitions", "16", "--batch-size", "4",
-         "--kills", "2", "--sigterms", "1", "--fault-rate", "0.05", "--gap", "4", "--timeout", "540",
-         "--seed", "3", "--workdir", str(tmp_path / "work"), "--report", str(report)],
-        capture_output=True, text=True, timeout=660, cwd=ROOT,
-    )
+    done = chaos(["--partitions", "16", "--batch-size", "4", "--kills", "2", "--sigterms", "1", "--fault-rate",
+                  "0.05", "--gap", "4", "--timeout", "540", "--seed", "3", "--workdir", str(tmp_path / "work"),
+                  "--report", str(report)], timeout=660)
     lines = done.stdout.strip().splitlines()
     assert lines, done.stderr[-4000:]
     verdict = VERDICT.match(lines[-1])
@@ -46,3 +44,19 @@ def test_small_chaos_run_loses_nothing_and_matches_the_clean_run(tmp_path):
     alive = [pid for pid in details["started_pids"] if psutil.pid_exists(pid)
              and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE]
     assert alive == []
+
+
+def chaos(args: list[str], timeout: float) -> subprocess.CompletedProcess:
+    """Run scripts/chaos.py; past ``timeout`` SIGTERM it (it stops what it started) before SIGKILL."""
+    process = subprocess.Popen([sys.executable, str(ROOT / "scripts" / "chaos.py"), *args],  # noqa: S603
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    try:
+        stdout, stderr = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.send_signal(signal.SIGTERM)
+        try:
+            stdout, stderr = process.communicate(timeout=120)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            stdout, stderr = process.communicate()
+    return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
