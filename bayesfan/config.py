@@ -28,7 +28,7 @@ class FitConfig(BaseModel):
     seed: int = Field(0, ge=0, lt=2**31, description="the run's seed; per-partition keys derive from it")
     target_accept: float = Field(0.8, gt=0.0, lt=1.0, description="NUTS target acceptance probability")
     max_tree_depth: int = Field(10, ge=1, le=15, description="NUTS maximum tree depth")
-    batch_size: int = Field(64, ge=1, le=65_536, description="most partitions per batch (one task)")
+    batch_size: int = Field(32, ge=1, le=65_536, description="most partitions per batch (one task)")
     workers: int | None = Field(None, ge=1, le=1024, description="worker processes (default: CPU count)")
     max_retries: int = Field(3, ge=0, le=20, description="retries of a failed batch")
     retry_delay: float = Field(1.0, ge=0.0, le=3600.0, description="first retry delay in seconds, doubling")
