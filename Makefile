@@ -9,7 +9,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export PREFECT_HOME ?= $(CURDIR)/.cache/prefect
 export BAYESFAN_CACHE_DIR ?= $(CURDIR)/.cache/bayesfan
 
-.PHONY: setup demo test bench clean
+.PHONY: setup demo test bench chaos infra-check clean
 
 setup: $(STAMP)
 
@@ -30,6 +30,12 @@ test: setup
 bench: setup
 	$(VENV)/bin/bayesfan bench small --json benchmarks/results.json
 	BAYESFAN_BENCH=1 $(PY) -m pytest -q -s tests/test_recovery_hmm.py
+
+chaos: setup
+	$(PY) scripts/chaos.py
+
+infra-check: setup
+	$(VENV)/bin/cfn-lint infra/bayesfan.yaml && $(VENV)/bin/hadolint Dockerfile && bash infra/checkov.sh
 
 clean:
 	rm -rf $(VENV) .cache demo-out .pytest_cache
