@@ -233,10 +233,7 @@ def bench(
 
     if suite not in (*SUITES, "all"):
         raise typer.BadParameter(f"{suite!r} is not one of {', '.join(SUITES)}, all", param_hint="SUITE")
-    results = run_suites(suite, quick)
-    if json_path is not None:
-        json_path.parent.mkdir(parents=True, exist_ok=True)
-        json_path.write_text(json.dumps(results, indent=2) + "\n")
+    results = run_suites(suite, quick, json_path)
     for line in headline(results):
         typer.echo(line)
 

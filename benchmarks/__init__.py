@@ -9,16 +9,27 @@ absolute seconds are context.
 from __future__ import annotations
 
 import importlib
+import json
+from pathlib import Path
 
 SUITES = ("small", "hmm", "fanout")
 
 
-def run_suites(suite: str, quick: bool = False) -> dict:
-    """``{suite: results}`` for one suite, or every suite when ``suite == "all"``, plus the environment."""
+def run_suites(suite: str, quick: bool = False, json_path: Path | None = None) -> dict:
+    """``{suite: results}`` for one suite, or every suite when ``suite == "all"``, plus the environment.
+
+    With ``json_path``, the results so far are written there after each suite, so a
+    failure late in ``all`` keeps the suites that finished.
+    """
     from benchmarks.report import environment
 
     names = SUITES if suite == "all" else (suite,)
     if any(name not in SUITES for name in names):
         raise ValueError(f"unknown suite {suite!r} (one of: {', '.join(SUITES)}, all)")
     results = {"quick": quick, "environment": environment()}
-    return results | {name: importlib.import_module(f"benchmarks.{name}").run(quick) for name in names}
+    for name in names:
+        results[name] = importlib.import_module(f"benchmarks.{name}").run(quick)
+        if json_path is not None:
+            json_path.parent.mkdir(parents=True, exist_ok=True)
+            json_path.write_text(json.dumps(results, indent=2) + "\n")
+    return results

@@ -1,7 +1,7 @@
 """Suite ``fanout``: orchestration cost only, with a trivial model (the mean of a few Normal rows).
 
 For each partition count, a fresh client process (as ``bayesfan fit`` is) runs the
-full pipeline (``run_fit``, embedded default) with 1 chain x 10 warmup x 10 draws
+full pipeline (``run_fit``, embedded default) with 2 chains x 10 warmup x 10 draws
 per partition and no refit round; the suite reports its wall time, the client's
 peak memory, and the Prefect task runs the run created (read back from the API).
 """
@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parent.parent
 FULL = (1_000, 10_000)
 QUICK = (200,)
 ROWS = 8
-SAMPLER = {"chains": 1, "warmup": 10, "draws": 10}
+SAMPLER = {"chains": 2, "warmup": 10, "draws": 10}  # 2 chains: the report plots need them
 #: Orchestration only: no refit round for the (unconverged) trivial fits.
 NO_REFITS = {"max_refits": 0}
 
