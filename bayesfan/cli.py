@@ -179,6 +179,24 @@ def deploy(
 
 
 @app.command()
+def states(
+    out: str = typer.Argument(..., help="artifact directory or URL of a hidden-Markov fit"),
+    to: Path = typer.Option(..., "--to", help="Parquet file to write (partition, t, p_on)"),
+    partition: list[str] = typer.Option([], "--partition", help="partition key (repeatable; default: all)"),
+    debug: bool = typer.Option(False, "--debug", help="show tracebacks"),
+):
+    """Posterior state probabilities P(on | y) per hour, by forward-backward over posterior draws."""
+    from tasks.states import state_probabilities
+
+    try:
+        frame = state_probabilities(out, partition or None)
+    except Exception as exc:  # noqa: BLE001 - one line unless --debug
+        _fail(exc, debug)
+    frame.to_parquet(to, index=False)
+    typer.echo(f"wrote {len(frame)} rows for {frame['partition'].nunique()} partitions to {to}")
+
+
+@app.command()
 def inspect(out: str = typer.Argument(..., help="artifact directory or URL")):
     """Counts by status, the worst partitions, and failures with their reasons."""
     from bayesfan.result import FitResult
