@@ -2,8 +2,8 @@
 
 For each partition count, a fresh client process (as ``bayesfan fit`` is) runs the
 full pipeline (``run_fit``, embedded default) with 2 chains x 10 warmup x 10 draws
-per partition and no refit round; the suite reports its wall time, the client's
-peak memory, and the Prefect task runs the run created (read back from the API).
+per partition, no refit round and no report; the suite reports its wall time, the
+client's peak memory, and the Prefect task runs the run created (read back from the API).
 """
 
 from __future__ import annotations
@@ -28,9 +28,9 @@ ROOT = Path(__file__).resolve().parent.parent
 FULL = (1_000, 10_000)
 QUICK = (200,)
 ROWS = 8
-SAMPLER = {"chains": 2, "warmup": 10, "draws": 10}  # 2 chains: the report plots need them
-#: Orchestration only: no refit round for the (unconverged) trivial fits.
-NO_REFITS = {"max_refits": 0}
+SAMPLER = {"chains": 2, "warmup": 10, "draws": 10}
+#: Orchestration only: no refit round for the (unconverged) trivial fits, no plotted report.
+ORCHESTRATION_ONLY = {"max_refits": 0, "report": False}
 
 
 class NormalMean(Model):
@@ -82,7 +82,7 @@ def fanout(partitions: int) -> dict:
         data = Path(tmp) / "data.parquet"
         frame.to_parquet(data, index=False)
         config = FitConfig(data=str(data), model="benchmarks.fanout:NormalMean", partition_by="partition",
-                           out=str(Path(tmp) / "out"), **SAMPLER, **NO_REFITS)
+                           out=str(Path(tmp) / "out"), **SAMPLER, **ORCHESTRATION_ONLY)
         with measure() as cost:
             result = run_fit(config)
         manifest = result.manifest

@@ -117,8 +117,8 @@ def bayesfan_fit(frame: pd.DataFrame, sampler: SamplerConfig) -> dict:
 
 
 def profile(manifest: dict, cost: Cost) -> dict:
-    """Where the pipeline's wall time goes: split, the sampling phase (and inside it, the
-    workers' ``fit_batch`` calls, tracing included), and the rest (API start, flow run, reduce)."""
+    """Where the pipeline's wall time goes: split, the sampling phase (and inside it, the workers'
+    ``fit_batch`` calls, tracing included), and the rest (API start, flow run, reduce, report)."""
     timings = manifest["timings"]
     return {
         "split_s": timings["split_s"],
