@@ -96,7 +96,7 @@ def run_on_task_runner(
                 if outcome == "crashed" and (record := finished_record(store, plan)) is not None:
                     outcome, value = "completed", record
                 if outcome == "completed":
-                    records[plan.batch_id] = value
+                    records[plan.batch_id] = value | {"interruptions": crashes[plan.batch_id]}
                 elif outcome == "failed":
                     failures[plan.batch_id] = failure(plan, config.max_retries + 1, value)
                 elif crashes[plan.batch_id] < config.max_interruptions:

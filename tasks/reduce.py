@@ -51,7 +51,8 @@ def partition_table(
     for record in records:
         for key, verdict in record["partitions"].items():
             before = table.get(key, {}).get("attempts", 0)
-            table[key] = {**verdict, "attempts": before + record["attempt"], "batch": record["batch_id"]}
+            attempts = record["attempt"] + record.get("interruptions", 0)
+            table[key] = {**verdict, "attempts": before + attempts, "batch": record["batch_id"]}
     for key, reason in quarantined.items():
         table[key] = {"status": "quarantined", "reason": reason, "attempts": 0, "batch": None}
     return dict(sorted(table.items()))

@@ -101,6 +101,7 @@ def test_failed_batch_is_retried_then_marked_failed_without_losing_the_rest(tmp_
     frame, _ = resolve_model("linear_regression").simulate(np.random.default_rng(3), 3, 30)
     frame["boom"] = (frame["partition"] == "p0001").astype(float)
     frame["flaky"] = (frame["partition"] == "p0002").astype(float)
+    frame["die"] = 0.0
     data = tmp_path / "faulty.csv"
     frame.to_csv(data, index=False)
     config = FitConfig(data=str(data), model="faulty:FaultyRegression", partition_by=("partition",),
