@@ -493,7 +493,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--kills", type=int, default=5, help="SIGKILLs of a running batch's process")
     parser.add_argument("--sigterms", type=int, default=3, help="SIGTERMs (Spot reclaims) of a running batch")
     parser.add_argument("--fault-rate", type=float, default=0.05, help="fraction of S3 requests answered 500/503")
-    parser.add_argument("--timeout", type=float, default=1800.0, help="seconds for the whole run")
+    parser.add_argument("--timeout", type=float, default=3600.0, help="seconds for the whole run")
     parser.add_argument("--seed", type=int, default=0, help="seed of the data, the fit and the chaos schedule")
     parser.add_argument("--workers", type=int, default=2, help="prefect worker processes")
     parser.add_argument("--worker-limit", type=int, default=1, help="concurrent flow runs per worker")

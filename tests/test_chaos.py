@@ -17,7 +17,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 VERDICT = re.compile(
     r"^chaos: lost=(\S+) duplicated=(\S+) identical=(\S+) kills=(\d+) sigterms=(\d+) parent_restarts=(\d+) "
-    r"s3_faults=(\d+)$"
+    r"s3_faults=(\d+)( error=\S+)?$"
 )
 
 
@@ -25,13 +25,14 @@ VERDICT = re.compile(
 def test_small_chaos_run_loses_nothing_and_matches_the_clean_run(tmp_path):
     report = tmp_path / "report.json"
     done = chaos(["--partitions", "16", "--batch-size", "4", "--kills", "2", "--sigterms", "1", "--fault-rate",
-                  "0.05", "--gap", "4", "--timeout", "540", "--seed", "3", "--workdir", str(tmp_path / "work"),
-                  "--report", str(report)], timeout=660)
+                  "0.05", "--gap", "4", "--timeout", "900", "--seed", "3", "--workdir", str(tmp_path / "work"),
+                  "--report", str(report)], timeout=1020)
     lines = done.stdout.strip().splitlines()
     assert lines, done.stderr[-4000:]
     verdict = VERDICT.match(lines[-1])
     assert verdict, lines[-1] + "\n" + done.stderr[-4000:]
-    lost, duplicated, identical, kills, sigterms, restarts, faults = verdict.groups()
+    lost, duplicated, identical, kills, sigterms, restarts, faults, error = verdict.groups()
+    assert error is None, done.stderr[-4000:]
     assert (lost, duplicated, identical) == ("0", "0", "true"), done.stderr[-4000:]
     assert (int(kills), int(sigterms), int(restarts)) == (2, 1, 1), done.stderr[-4000:]
     assert int(faults) > 0
