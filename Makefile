@@ -19,12 +19,15 @@ $(STAMP): requirements.lock pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -r requirements.lock
 	$(PY) -m pip install -q --no-deps -e .
+	mkdir -p $(PREFECT_HOME) $(BAYESFAN_CACHE_DIR)
 	touch $(STAMP)
 
 demo: setup
+	@mkdir -p $(PREFECT_HOME) $(BAYESFAN_CACHE_DIR)
 	$(VENV)/bin/bayesfan demo --out demo-out
 
 test: setup
+	@mkdir -p $(PREFECT_HOME) $(BAYESFAN_CACHE_DIR)
 	$(PY) -m pytest -q -ra $(PYTEST_ARGS)
 
 bench: setup

@@ -7,6 +7,7 @@ bad input or configuration, reported as one line (``--debug`` for the traceback)
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -115,6 +116,7 @@ def fit(
     warm_start: Optional[str] = typer.Option(None, "--warm-start", help="previous artifact to start chains from"),
     warm_warmup: int = typer.Option(150, "--warm-warmup", help="warmup iterations of a warm-started partition"),
     report: bool = typer.Option(True, "--report/--no-report", help="write report.html with diagnostic plots"),
+    quiet: bool = typer.Option(False, "--quiet", help="no live progress bar (it is off anyway when not a TTY)"),
     as_json: bool = typer.Option(False, "--json", help="print the run summary as JSON"),
     debug: bool = typer.Option(False, "--debug", help="show tracebacks"),
 ):
@@ -134,7 +136,8 @@ def fit(
         _preflight(config, resolve_model(config.model, config.model_options))
         from flows.fit import run_fit
 
-        result = run_fit(config)
+        with _live_progress(sys.stdout.isatty() and not (quiet or as_json)):
+            result = run_fit(config)
     except FitFailed as exc:
         _report(exc.result, as_json)
         typer.echo(f"error: {exc}", err=True)
@@ -235,7 +238,7 @@ def demo(out: Path = typer.Option(Path("demo-out"), "--out", help="where to writ
         model_option=[], mode="partitions", shards=4, combine="consensus", shard_by=None, backend="local",
         dask_address=None, work_pool=None, max_in_flight=64, job_queue=None, job_definition=None,
         max_interruptions=5, max_refits=1, min_success_ratio=1.0, warm_start=None, warm_warmup=150,
-        report=True, as_json=False, debug=False,
+        report=True, quiet=False, as_json=False, debug=False,
     )
 
 
@@ -266,6 +269,34 @@ def _simulate_demo(path: Path) -> None:
     frame.to_parquet(path, index=False)
     truth.to_parquet(path.parent / "truth.parquet", index=False)
     typer.echo(f"simulated 64 partitions x 168 hours of impressions -> {path}")
+
+
+@contextlib.contextmanager
+def _live_progress(enabled: bool):
+    """A rich progress bar of partitions (rate, ETA, failures) fed by the flow's progress listeners."""
+    if not enabled:
+        yield
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from bayesfan import progress
+
+    columns = (TextColumn("fitting"), BarColumn(), MofNCompleteColumn(), TextColumn("partitions"),
+               TextColumn("[dim]{task.fields[rate]}"), TimeRemainingColumn(),
+               TextColumn("[red]{task.fields[failed]} failed"))
+    with Progress(*columns, transient=True) as bar:
+        task = bar.add_task("fit", total=None, failed=0, rate="")
+
+        def update(done: int, total: int, failed: int) -> None:
+            bar.update(task, completed=done, total=total, failed=failed)
+            speed = bar.tasks[0].speed
+            bar.update(task, rate=f"{speed:.1f} partitions/s" if speed else "")
+
+        progress.subscribe(update)
+        try:
+            yield
+        finally:
+            progress.LISTENERS.remove(update)
 
 
 def _report(result, as_json: bool, detail: bool = False) -> None:

@@ -59,11 +59,11 @@ def task_runner(config: FitConfig):
 
 
 def run_batches(
-    config: FitConfig, plans: list[BatchPlan], tags: tuple[str, ...] = (), on_settled=lambda done, failed: None
+    config: FitConfig, plans: list[BatchPlan], tags: tuple[str, ...] = (), on_settled=lambda plan, ok: None
 ) -> tuple[list[dict], dict]:
     """Run every batch on ``config.backend``; return (records in plan order, failures by batch id).
 
-    ``on_settled(done, failed)`` is called as batches finish, with running counts.
+    ``on_settled(plan, ok)`` is called as each batch finishes for good (done, or failed).
     """
     if config.backend == "pool":
         from flows.pool import run_on_pool
@@ -77,7 +77,7 @@ def run_batches(
 
 
 def run_on_task_runner(
-    config: FitConfig, plans: list[BatchPlan], tags: tuple[str, ...] = (), on_settled=lambda done, failed: None
+    config: FitConfig, plans: list[BatchPlan], tags: tuple[str, ...] = (), on_settled=lambda plan, ok: None
 ) -> tuple[list[dict], dict]:
     """Submit to a fresh task runner per round; a crashed round's unfinished batches go again."""
     store = Store(config.out)
@@ -106,7 +106,8 @@ def run_on_task_runner(
                     failures[plan.batch_id] = failure(
                         plan, config.max_retries + 1, f"interrupted {crashes[plan.batch_id] + 1} times; last: {value}"
                     )
-                on_settled(len(records), len(failures))
+                if plan.batch_id in records or plan.batch_id in failures:
+                    on_settled(plan, plan.batch_id in records)
     return [records[p.batch_id] for p in plans if p.batch_id in records], failures
 
 

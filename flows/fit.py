@@ -20,7 +20,8 @@ from bayesfan.storage import Store
 from flows.fanout import run_batches
 from models import resolve_model
 from tasks.load import check_columns, fingerprint, read_table
-from tasks.artifacts import artifact_prefix, create_batch_progress, publish_artifacts, update_batch_progress
+from bayesfan.progress import Progress
+from tasks.artifacts import artifact_prefix, publish_artifacts
 from tasks.reduce import reduce_batches
 from tasks.report import build_report
 from tasks.sample import finished_record
@@ -87,11 +88,8 @@ def sample_round(store: Store, config: FitConfig, parts: dict, warm, tags, prefi
             write_warm(store, plan.batch_id, warm, plan.partitions)
     reused = [r for p in plans if (r := finished_record(store, p)) is not None]
     done = {r["batch_id"] for r in reused}
-    progress = create_batch_progress(prefix, total=len(plans), done=len(reused))
-    records, failures = run_batches(
-        config, [p for p in plans if p.batch_id not in done], tags,
-        on_settled=lambda ok, failed: update_batch_progress(progress, len(reused) + ok + failed, len(plans), failed),
-    )
+    tracker = Progress(prefix, plans, done)
+    records, failures = run_batches(config, [p for p in plans if p.batch_id not in done], tags, tracker.settled)
     by_id = {r["batch_id"]: r for r in reused + records}
     return [by_id[p.batch_id] for p in plans if p.batch_id in by_id], failures, len(reused), len(plans)
 

@@ -31,7 +31,7 @@ DEPLOYMENT = "fit-batch/fit-batch"
 POLL_SECONDS = 2.0
 
 
-def run_on_pool(config: FitConfig, plans: list[BatchPlan], on_settled=lambda done, failed: None) -> tuple[list[dict], dict]:
+def run_on_pool(config: FitConfig, plans: list[BatchPlan], on_settled=lambda plan, ok: None) -> tuple[list[dict], dict]:
     """Run every plan as a ``fit-batch`` flow run; return (records in plan order, failures)."""
     store = Store(config.out)
     queue, in_flight = deque(plans), {}
@@ -58,6 +58,7 @@ def run_on_pool(config: FitConfig, plans: list[BatchPlan], on_settled=lambda don
                 record = finished_record(store, plan)
                 if record is not None:
                     records[plan.batch_id] = record
+                    on_settled(plan, True)
                     continue
                 budget, used = (
                     (config.max_retries, errors) if run.state.is_failed() else (config.max_interruptions, interruptions)
@@ -68,5 +69,5 @@ def run_on_pool(config: FitConfig, plans: list[BatchPlan], on_settled=lambda don
                 else:
                     attempts = errors[plan.batch_id] + interruptions[plan.batch_id] + 1
                     failures[plan.batch_id] = failure(plan, attempts, f"{run.state.type.value}: {run.state.message}")
-                on_settled(len(records), len(failures))
+                    on_settled(plan, False)
     return [records[p.batch_id] for p in plans if p.batch_id in records], failures
