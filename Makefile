@@ -5,6 +5,8 @@ PYTHON_BIN ?= $(shell for p in python3.12 /root/.pyenv/versions/3.12*/bin/python
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+# Two test workers: most tests wait on process start-up, servers and compiles, so two overlap well on 2 cores.
+PYTEST_ARGS ?= -n 2 --dist loadfile
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export PREFECT_HOME ?= $(CURDIR)/.cache/prefect
 export BAYESFAN_CACHE_DIR ?= $(CURDIR)/.cache/bayesfan
