@@ -33,7 +33,9 @@ test: setup
 	$(PY) -m pytest -q -ra $(PYTEST_ARGS)
 
 bench: setup
-	$(VENV)/bin/bayesfan bench small --json benchmarks/results.json
+	$(PY) -m pip install -q -r requirements-bench.lock
+	$(VENV)/bin/bayesfan bench all --json benchmarks/results.json
+	$(PY) -m benchmarks.report benchmarks/results.json
 	BAYESFAN_BENCH=1 $(PY) -m pytest -q -s tests/test_recovery_hmm.py
 
 chaos: setup

@@ -243,8 +243,9 @@ def worst_section(page: Page, units: xr.DataTree, verdicts: dict[str, dict], key
         names = list(dict.fromkeys([parameter, name]))
         page.plot(f"trace-{i}", az.plot_trace_dist(one, var_names=names, backend="matplotlib"),
                   f"{key}: trace of {', '.join(names)}")
-        page.plot(f"rank-{i}", az.plot_rank(one, var_names=[name], coords=coords, backend="matplotlib"),
-                  f"{key}: rank Δ-ECDF of {label}, one line per chain")
+        if one["posterior"].sizes["chain"] > 1:  # rank plots compare chains
+            page.plot(f"rank-{i}", az.plot_rank(one, var_names=[name], coords=coords, backend="matplotlib"),
+                      f"{key}: rank Δ-ECDF of {label}, one line per chain")
         page.plot(f"ess-{i}", az.plot_ess(one, var_names=[name], coords=coords, backend="matplotlib"),
                   f"{key}: local ESS of {label}")
 
