@@ -39,7 +39,7 @@ bench: setup
 	BAYESFAN_BENCH=1 $(PY) -m pytest -q -s tests/test_recovery_hmm.py
 
 chaos: setup
-	$(PY) scripts/chaos.py
+	$(PY) scripts/chaos.py $(CHAOS_ARGS)
 
 infra-check: setup
 	$(VENV)/bin/cfn-lint infra/bayesfan.yaml && $(VENV)/bin/hadolint Dockerfile && bash infra/checkov.sh
