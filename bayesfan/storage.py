@@ -3,8 +3,9 @@
 Writes are atomic for readers: on local disk a file is written under a temporary
 name and renamed; on an object store a PUT is atomic already. A batch or run
 counts as done only through a JSON record written last, which lists checksums.
-Every operation is retried with bounded backoff on the transient errors (5xx,
-SlowDown, timeouts) that s3fs and botocore pass on after their own retries.
+On S3, s3fs retries each request on SlowDown and (set up here) on any 5xx answer;
+every Store operation is then retried as a whole, with bounded backoff, on the
+transient errors (5xx, SlowDown, timeouts) that still get through.
 """
 
 from __future__ import annotations
@@ -67,6 +68,8 @@ class Store:
     def __init__(self, root: str):
         self.root = root.rstrip("/")
         self.fs, self._base = url_to_fs(self.root)
+        if "s3" in _protocols(self.fs):
+            _s3_retries()
 
     def url(self, *parts: str) -> str:
         return "/".join([self.root, *parts])
@@ -157,7 +160,23 @@ def sha256(data: bytes) -> str:
 
 
 def open_file(url: str, mode: str = "rb"):
+    if url.startswith(("s3://", "s3a://")):
+        _s3_retries()
     return fsspec.open(url, mode)
+
+
+@functools.cache
+def _s3_retries() -> None:
+    """Make s3fs retry every request answered 5xx (by itself it retries only SlowDown)."""
+    from s3fs.core import set_custom_error_handler
+
+    set_custom_error_handler(_is_server_error)
+
+
+def _is_server_error(exc: Exception) -> bool:
+    response = getattr(exc, "response", None)
+    status = response.get("ResponseMetadata", {}).get("HTTPStatusCode") if isinstance(response, dict) else None
+    return isinstance(status, int) and status >= 500
 
 
 def _protocols(fs) -> tuple[str, ...]:

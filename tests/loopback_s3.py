@@ -13,12 +13,13 @@ import sys
 from contextlib import contextmanager
 
 import boto3
+import pytest
 import s3fs
 
 from aws_fixtures import free_port
 
 BAYESFAN = [sys.executable, "-m", "bayesfan.cli"]
-SMALL = ["--chains", "2", "--warmup", "100", "--draws", "100", "--workers", "1"]
+SMALL = ["--chains", "2", "--warmup", "100", "--draws", "100", "--workers", "1", "--max-refits", "0"]
 REGION = "us-east-1"
 KEY_ID = "AKIABAYESFANTEST0001"
 
@@ -52,6 +53,19 @@ def moto_server():
         yield f"http://127.0.0.1:{port}"
     finally:
         server.stop()
+
+
+@contextmanager
+def s3_in_this_process(endpoint: str):
+    """This process's s3fs (so ``FitResult`` and xarray) reach ``endpoint`` until the block ends."""
+    with pytest.MonkeyPatch.context() as mp:
+        for key, value in aws_env(endpoint).items():
+            mp.setenv(key, value)
+        s3fs.S3FileSystem.clear_instance_cache()
+        try:
+            yield
+        finally:
+            s3fs.S3FileSystem.clear_instance_cache()
 
 
 def s3_client(endpoint: str):
