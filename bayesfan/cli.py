@@ -329,6 +329,24 @@ def _report(result, as_json: bool, detail: bool = False) -> None:
     for key, p in partitions.items():
         if p["status"] in ("failed", "quarantined") or (detail and p["status"] == "unconverged"):
             typer.echo(f"  {p['status']}: {key}: {p['reason']}")
+    if sys.stdout.isatty():
+        _summary_table(manifest)
+
+
+def _summary_table(manifest: dict, rows: int = 10) -> None:
+    """A rich table of the worst partitions, worst first (terminals only; scripts get the lines above)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from tasks.artifacts import diagnostics_table
+
+    table = Table(title="worst partitions")
+    for column in ("partition", "status", "r_hat", "ess_bulk", "divergences", "attempts", "reason"):
+        table.add_column(column)
+    for row in diagnostics_table(manifest, limit=rows):
+        table.add_row(*(str("" if row.get(c) is None else row.get(c)) for c in
+                        ("partition", "status", "r_hat", "ess_bulk", "divergences", "attempts", "reason")))
+    Console().print(table)
 
 
 def _preflight(config, model) -> None:
