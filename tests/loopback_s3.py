@@ -19,7 +19,7 @@ import s3fs
 from aws_fixtures import free_port
 
 BAYESFAN = [sys.executable, "-m", "bayesfan.cli"]
-SMALL = ["--chains", "2", "--warmup", "100", "--draws", "100", "--workers", "1", "--max-refits", "0"]
+SMALL = ["--chains", "2", "--warmup", "100", "--draws", "100", "--workers", "1", "--max-refits", "0", "--no-report"]
 REGION = "us-east-1"
 KEY_ID = "AKIABAYESFANTEST0001"
 

@@ -55,7 +55,8 @@ def secret_fit(endpoint, tmp_path_factory):
     s3_client(endpoint).upload_file(str(local), BUCKET, "in.parquet")
     out = f"s3://{BUCKET}/run"
     done = run_cli("fit", "--data", f"s3://{BUCKET}/in.parquet", "--model", "linear_regression",
-                   "--partition-by", "partition", "--out", out, "--debug", *SMALL, env=aws_env(endpoint, SECRET))
+                   "--partition-by", "partition", "--out", out, "--debug", *SMALL, "--report",
+                   env=aws_env(endpoint, SECRET))
     assert done.returncode == 1, done.stderr
     return out, done
 

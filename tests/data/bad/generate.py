@@ -1,8 +1,9 @@
 """Write the bad-input corpus next to this file (``python tests/data/bad/generate.py``).
 
 Each file is one malformed input; ``cases.json`` says how ``bayesfan fit`` must
-answer it. Partitions called ``good`` hold the same rows in every file of a
-model, so the tests fit them once and reuse the batch.
+answer it. Partitions called ``good`` hold the same rows (and dtypes: counts are
+floats with integer values) in every file of a model, so the tests fit them once
+and reuse the batch.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ def impressions(key: str, hours: int = 48, seed: int = 0) -> pd.DataFrame:
     rng = np.random.default_rng(seed)
     hour = np.arange(hours)
     return pd.DataFrame({"partition": key, "hour": hour, "weekday": (hour // 24) % 7,
-                         "daypart": (hour % 24) * 4 // 24, "impressions": rng.poisson(50, hours)})
+                         "daypart": (hour % 24) * 4 // 24, "impressions": rng.poisson(50, hours).astype(float)})
 
 
 def with_bad(good: pd.DataFrame, bad: pd.DataFrame) -> pd.DataFrame:
