@@ -3,8 +3,7 @@
 Exit 2: exactly one stderr line, ``error: ...`` naming the file, column, option or
 location, and no traceback. Exit 1: the named partitions are quarantined with their
 reasons, the rest is fitted and the artifact written. Files of one model share an
-artifact directory, so their common ``good`` partition is fitted once and reused,
-and fits share one Prefect server instead of starting an ephemeral API each.
+artifact directory, so their common ``good`` partition is fitted once and reused.
 """
 
 from __future__ import annotations
@@ -15,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from aws_fixtures import free_port, prefect_api  # noqa: F401 - fixture
+from aws_fixtures import free_port
 from loopback_s3 import SMALL, aws_env, moto_server, run_cli, s3_client
 
 BAD = Path(__file__).resolve().parent / "data" / "bad"
@@ -39,9 +38,6 @@ def outs(tmp_path_factory) -> Path:
 
 
 def case_env(case: dict, request) -> dict:
-    if case["exit"] != 2:
-        server = request.getfixturevalue("prefect_api")
-        return {key: server[key] for key in ("PREFECT_API_URL", "PREFECT_HOME")}
     storage = case.get("storage")
     if storage == "moto":
         return aws_env(request.getfixturevalue("moto_endpoint"))

@@ -15,7 +15,6 @@ import pandas as pd
 import pytest
 import xarray as xr
 
-from aws_fixtures import prefect_api  # noqa: F401 - fixture
 from bayesfan.result import FitResult, IncompleteArtifact
 from faultproxy import FaultProxy
 from loopback_s3 import SMALL, aws_env, moto_server, run_cli, s3_client, s3_filesystem, s3_in_this_process
@@ -39,16 +38,9 @@ def endpoint(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def fit_env(prefect_api):
-    """The CLI's environment with S3 at ``endpoint``; flows report to one shared Prefect server."""
-    server = {key: prefect_api[key] for key in ("PREFECT_API_URL", "PREFECT_HOME")}
-    return lambda endpoint: aws_env(endpoint) | server
-
-
-@pytest.fixture(scope="module")
-def first_run(endpoint, fit_env):
+def first_run(endpoint):
     out = f"s3://{BUCKET}/run"
-    done = run_cli("fit", "--data", DATA, "--out", out, *FIT, env=fit_env(endpoint))
+    done = run_cli("fit", "--data", DATA, "--out", out, *FIT, env=aws_env(endpoint))
     assert done.returncode == 0, done.stderr
     return out, done
 
@@ -65,32 +57,32 @@ def test_fit_writes_the_artifact_to_s3(endpoint, first_run):
     assert list(tree["posterior"]["partition"].values) == ["p0000", "p0001", "p0002"]
 
 
-def test_rerun_reuses_every_batch(endpoint, first_run, fit_env):
+def test_rerun_reuses_every_batch(endpoint, first_run):
     out, _ = first_run
     before = FitResult(out).summary
-    done = run_cli("fit", "--data", DATA, "--out", out, *FIT, env=fit_env(endpoint))
+    done = run_cli("fit", "--data", DATA, "--out", out, *FIT, env=aws_env(endpoint))
     assert done.returncode == 0, done.stderr
     assert "batches: 1 (1 reused)" in done.stdout
     pd.testing.assert_frame_equal(FitResult(out).summary, before)
 
 
-def test_fit_through_storage_faults_gives_the_same_summary(endpoint, first_run, fit_env):
+def test_fit_through_storage_faults_gives_the_same_summary(endpoint, first_run):
     out = f"s3://{BUCKET}/faults"
     # No botocore retries: every fault reaches s3fs, which retries SlowDown; bayesfan's Store retries the rest.
     with FaultProxy(endpoint, fraction=0.2, seed=7) as proxy:
-        done = run_cli("fit", "--data", DATA, "--out", out, *FIT, env=fit_env(proxy.url) | {"AWS_MAX_ATTEMPTS": "1"})
+        done = run_cli("fit", "--data", DATA, "--out", out, *FIT, env=aws_env(proxy.url) | {"AWS_MAX_ATTEMPTS": "1"})
     assert done.returncode == 0, done.stderr
     assert proxy.faults[500] > 0 and proxy.faults[503] > 0, proxy.faults
     pd.testing.assert_frame_equal(FitResult(out).summary, FitResult(first_run[0]).summary)
 
 
-def test_a_run_stopped_before_its_manifest_leaves_none(endpoint, first_run, fit_env):
+def test_a_run_stopped_before_its_manifest_leaves_none(endpoint, first_run):
     fs = s3_filesystem(endpoint)
     fs.copy(f"{BUCKET}/run", f"{BUCKET}/stopped", recursive=True)
     out = f"s3://{BUCKET}/stopped"
     assert FitResult(out).manifest["counts"]["total"] == 3  # a finished artifact, about to be rewritten
     with FaultProxy(endpoint, fail_writes=r"/stopped/posterior\.zarr") as proxy:
-        done = run_cli("fit", "--data", DATA, "--out", out, *FIT, env=fit_env(proxy.url) | {"AWS_MAX_ATTEMPTS": "1"})
+        done = run_cli("fit", "--data", DATA, "--out", out, *FIT, env=aws_env(proxy.url) | {"AWS_MAX_ATTEMPTS": "1"})
     assert done.returncode == 1 and proxy.faults[500] > 0
     assert "Traceback" not in done.stderr and done.stderr.strip().splitlines()[-1].startswith("error: ")
     assert not fs.exists(f"{BUCKET}/stopped/manifest.json")
