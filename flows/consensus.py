@@ -177,6 +177,7 @@ def fit_consensus(config: FitConfig) -> FitResult:
 
 def _write(store: Store, sub, posterior, ngauss, header: dict, refused: dict | None, config: FitConfig | None = None) -> dict:
     """Write posterior.zarr, summary.parquet, then manifest.json; return the manifest."""
+    store.remove("manifest.json")  # an old manifest must not vouch for half-replaced files
     shard_dim = sub is not None and sub["posterior"].sizes["shard"] > 1
     groups = {}
     if sub is not None:
