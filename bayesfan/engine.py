@@ -36,7 +36,6 @@ from numpyro.infer.hmc import hmc
 from numpyro.infer.initialization import init_to_uniform, init_to_value
 from numpyro.infer.util import initialize_model
 
-jax.config.update("jax_enable_x64", False)
 if int(os.environ.get("BAYESFAN_CPU_DEVICES", "1")) > 1:
     jax.config.update("jax_num_cpu_devices", int(os.environ["BAYESFAN_CPU_DEVICES"]))
 

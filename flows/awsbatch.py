@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import time
+from pathlib import PurePosixPath
 
 import boto3
 
@@ -28,7 +29,7 @@ POLL_SECONDS = float(os.environ.get("BAYESFAN_BATCH_POLL_SECONDS", "30"))
 
 
 def write_spec(config: FitConfig, plans: list[BatchPlan]) -> str:
-    """Write the run spec the children read; return its URL."""
+    """Write the run spec the children read (named by its content hash); return its URL."""
     spec = {"config": config.model_dump(mode="json"), "plans": [p.model_dump() for p in plans]}
     blob = json.dumps(spec, sort_keys=True).encode()
     name = f"spec-{hashlib.sha256(blob).hexdigest()[:16]}.json"
@@ -50,7 +51,8 @@ def run_on_aws_batch(config: FitConfig, plans: list[BatchPlan]) -> tuple[list[di
     spec_url = write_spec(config, plans)
     client = boto3.client("batch")
     statuses = run_children(
-        client, f"bayesfan-{config.run_id(spec_url)}", config.job_queue, config.job_definition, len(plans),
+        client, "bayesfan-" + PurePosixPath(spec_url).stem.removeprefix("spec-"), config.job_queue,
+        config.job_definition, len(plans),
         {"BAYESFAN_SPEC": spec_url}, rounds=1 + config.max_interruptions, poll_seconds=POLL_SECONDS,
     )
     store = Store(config.out)

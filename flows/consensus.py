@@ -120,14 +120,15 @@ def fit_consensus(config: FitConfig) -> FitResult:
 
     first = parts[min(parts)]
     improper = improper_priors(model.model, probe_data(model, first), shards)
+    data_fingerprint = fingerprint(frame)
     header = {
-        "run_id": config.run_id(fingerprint(frame)),
+        "run_id": config.run_id(data_fingerprint),
         "bayesfan_version": bayesfan.__version__,
         "model": model.name,
         "mode": "consensus",
         "combine": config.combine,
         "config": config.model_dump(mode="json"),
-        "input": {"url": config.data, "fingerprint": fingerprint(frame), "rows": len(frame)},
+        "input": {"url": config.data, "fingerprint": data_fingerprint, "rows": len(frame)},
         "batches_total": len(plans),
         "batches_reused": len(reused),
         "batches": {r["batch_id"]: {"index": r["index"], "attempt": r["attempt"],

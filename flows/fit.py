@@ -38,7 +38,8 @@ def fit_partitions(config: FitConfig) -> FitResult:
     check_columns(frame, config.data, config.partition_by, model)
     parts, quarantined = split_partitions(frame, config.partition_by, model)
     store = Store(config.out)
-    run_id = config.run_id(fingerprint(frame))
+    data_fingerprint = fingerprint(frame)
+    run_id = config.run_id(data_fingerprint)
     tags = (f"model:{model.name}", f"run:{run_id}")
     split_done = time.time()
 
@@ -61,7 +62,7 @@ def fit_partitions(config: FitConfig) -> FitResult:
         "bayesfan_version": bayesfan.__version__,
         "model": model.name,
         "config": config.model_dump(mode="json"),
-        "input": {"url": config.data, "fingerprint": fingerprint(frame), "rows": len(frame)},
+        "input": {"url": config.data, "fingerprint": data_fingerprint, "rows": len(frame)},
         "batches_total": total,
         "batches_reused": reused,
         "warm_started": 0 if warm is None else len(warm_hashes(warm)),
