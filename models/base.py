@@ -15,6 +15,7 @@ column names), so it is hashable and keys the compiled-program cache. It says
 
 from __future__ import annotations
 
+from abc import abstractmethod
 from typing import ClassVar
 
 import numpy as np
@@ -41,14 +42,17 @@ class Model(BaseModel):
         1_000_000, ge=1, description="partitions with more rows are quarantined rather than fitted (memory, time)"
     )
 
+    @abstractmethod
     def columns(self) -> dict[str, str]:
-        raise NotImplementedError
+        """See the module docstring."""
 
+    @abstractmethod
     def arrays(self, rows: pd.DataFrame) -> dict[str, np.ndarray]:
-        raise NotImplementedError
+        """See the module docstring."""
 
+    @abstractmethod
     def model(self, mask, **arrays) -> None:
-        raise NotImplementedError
+        """See the module docstring."""
 
     def __call__(self, *args, **kwargs) -> None:
         """A model object is its own NumPyro model function; being hashable by value,
