@@ -25,6 +25,7 @@ import pandas as pd
 import xarray as xr
 from jax import random
 from prefect import flow
+from prefect.runtime import flow_run
 
 import bayesfan
 from bayesfan.config import FitConfig
@@ -124,6 +125,7 @@ def fit_consensus(config: FitConfig) -> FitResult:
     header = {
         "run_id": config.run_id(data_fingerprint),
         "bayesfan_version": bayesfan.__version__,
+        "prefect_flow_run_id": str(flow_run.id),
         "model": model.name,
         "mode": "consensus",
         "combine": config.combine,

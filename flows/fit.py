@@ -12,6 +12,7 @@ from __future__ import annotations
 import time
 
 from prefect import flow
+from prefect.runtime import flow_run
 
 import bayesfan
 from bayesfan.config import FitConfig
@@ -60,6 +61,7 @@ def fit_partitions(config: FitConfig) -> FitResult:
     header = {
         "run_id": run_id,
         "bayesfan_version": bayesfan.__version__,
+        "prefect_flow_run_id": str(flow_run.id),
         "model": model.name,
         "config": config.model_dump(mode="json"),
         "input": {"url": config.data, "fingerprint": data_fingerprint, "rows": len(frame)},

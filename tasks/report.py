@@ -258,22 +258,26 @@ class Unobserved(Messenger):
             msg["value"], msg["is_observed"] = None, False
 
 
-def observed_sites(model, rows: pd.DataFrame) -> dict[str, np.ndarray]:
-    """The model's observed sample sites on ``rows`` and their data (``numpyro.factor`` terms excluded)."""
+def observed_sites(model, rows: pd.DataFrame, latent: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The model's observed sample sites on ``rows`` and their data (``numpyro.factor`` terms excluded).
+
+    ``latent`` (one posterior draw) fills the latent sites, so improper priors are never sampled.
+    """
     mask = np.ones(len(rows), dtype=bool)
-    trace = handlers.trace(handlers.seed(model.model, 0)).get_trace(mask, **model.arrays(rows))
+    seeded = handlers.substitute(handlers.seed(model.model, 0), data=latent)
+    trace = handlers.trace(seeded).get_trace(mask, **model.arrays(rows))
     return {name: np.asarray(site["value"]) for name, site in trace.items()
             if site["type"] == "sample" and site["is_observed"] and not isinstance(_base(site["fn"]), dist.Unit)}
 
 
 def predictive_tree(model, key: str, posterior: xr.Dataset, rows: pd.DataFrame, draws: int) -> xr.DataTree | None:
     """Posterior predictive draws and observed data of one unit, the ``obs`` coordinate set to ``key``."""
-    observed = observed_sites(model, rows)
-    if not observed:
-        return None
     stacked = posterior.stack(sample=("chain", "draw"))
     stacked = stacked.isel(sample=np.linspace(0, stacked.sizes["sample"] - 1, draws).astype(int))
     samples = {str(k): np.moveaxis(v.values, -1, 0) for k, v in stacked.data_vars.items()}
+    observed = observed_sites(model, rows, {k: v[0] for k, v in samples.items()})
+    if not observed:
+        return None
     predict = Predictive(Unobserved(model.model), posterior_samples=samples, return_sites=list(observed))
     predicted = predict(jax.random.PRNGKey(0), np.ones(len(rows), dtype=bool), **model.arrays(rows))
     obs = {"obs": np.repeat(key, next(iter(observed.values())).size)}

@@ -65,11 +65,12 @@ def test_artifact_contract(first_fit):
 
 def test_flow_publishes_prefect_artifacts(first_fit):
     from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
 
     keys = [f"fit-linear-regression-{name}" for name in ("progress", "summary", "diagnostics", "artifact", "report")]
+    run_id = first_fit.manifest["prefect_flow_run_id"]
     with get_client(sync_client=True) as client:
-        found = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=keys)))
+        found = client.read_artifacts(artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[run_id])))
     assert {a.key for a in found} == set(keys)
     table = next(a for a in found if a.key.endswith("diagnostics"))
     assert "NYC|p0001" in str(table.data)
