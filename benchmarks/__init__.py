@@ -1,7 +1,8 @@
-"""The benchmark of issue 4: ``bayesfan bench SUITE`` runs every system of a suite on one machine.
+"""``bayesfan bench SUITE`` runs every system of a suite on one machine.
 
 Suites: ``small`` (bayesfan against stock NumPyro and PyMC), ``hmm`` (Ampersand's
-viewing HMM, cold and warm-started), ``fanout`` (orchestration cost only).
+viewing HMM, cold and warm-started), ``fanout`` (orchestration cost only),
+``consensus`` (consensus mode's accuracy against full NUTS and posteriordb).
 Each suite module has ``run(quick: bool) -> dict``; ratios are the results,
 absolute seconds are context.
 """
@@ -12,7 +13,7 @@ import importlib
 import json
 from pathlib import Path
 
-SUITES = ("small", "hmm", "fanout")
+SUITES = ("small", "hmm", "fanout", "consensus")
 
 
 def run_suites(suite: str, quick: bool = False, json_path: Path | None = None) -> dict:

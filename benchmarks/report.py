@@ -7,7 +7,7 @@ import os
 import platform
 from importlib import metadata
 
-#: Issue 4's targets: dotted JSON key -> (comparison, bound).
+#: The issues' targets: dotted JSON key -> (comparison, bound).
 TARGETS = {
     "small.speedup_vs_numpyro_loop": (">=", 50.0),
     "small.speedup_vs_pymc": (">=", 10.0),
@@ -15,6 +15,7 @@ TARGETS = {
     "hmm.speedup_vs_ampersand": (">=", 100.0),
     "hmm.ess_bulk_min": (">=", 400.0),
     "hmm.warm_start_speedup": (">=", 2.0),
+    "consensus.consensus_dmean_sd_max": ("<=", 0.1),
 }
 COMPARE = {">=": operator.ge, "<=": operator.le}
 PACKAGES = ("jax", "numpyro", "prefect", "arviz", "pymc")
@@ -93,7 +94,31 @@ def markdown(results: dict) -> str:
         for n, r in results["fanout"]["runs"].items():
             cells = [r["wall_s"], r["cpu_s"], r["client_peak_rss_mb"], r["batches"], r["task_runs"]]
             out.append(f"| {int(n):,} | " + " | ".join(_fmt(c) for c in cells) + " |")
+    if "consensus" in results:
+        out += ["", consensus_table(results["consensus"])]
     return "\n".join(out)
+
+
+def consensus_table(consensus: dict) -> str:
+    """One row per dataset, S and method: against full NUTS, against the reference, and speedup."""
+    out = ["| dataset | S | method | vs full: max \\|Δmean\\|/sd | sd ratio | max W1/sd "
+           "| vs reference: max \\|Δmean\\|/sd | sd ratio | max W1/sd | speedup over full (S workers / 1) |",
+           "|---|---|---|---|---|---|---|---|---|---|"]
+    for name, d in consensus["datasets"].items():
+        ref = d["full"]["vs_reference"]
+        out.append(f"| {name} ({d['rows']:,} rows) | 1 | full NUTS | - | - | - | {_cmp(ref)} | 1 |")
+        for s in d["shards"].values():
+            for method, m in s["methods"].items():
+                out.append(f"| {name} | {s['shards']} | {method} | {_cmp(m['vs_full'])} | {_cmp(m['vs_reference'])} "
+                           f"| {m['speedup_vs_full']:.2f} / {m['speedup_one_worker']:.2f} |")
+    return "\n".join(out)
+
+
+def _cmp(c: dict | None) -> str:
+    if c is None:
+        return "- | - | -"
+    low, high = c["sd_ratio"]
+    return f"{c['dmean_sd']:.3f} | {low:.2f}-{high:.2f} | {c['w1_sd']:.3f}"
 
 
 def _fmt(value) -> str:

@@ -13,10 +13,11 @@ from pydantic import ValidationError
 from models.base import Model
 from models.impressions_nb import ImpressionsNB
 from models.linear_regression import LinearRegression
+from models.logistic_regression import LogisticRegression
 from models.poisson_zero_hmm import PoissonZeroHMM
 
 REGISTRY: dict[str, type[Model]] = {
-    cls.name: cls for cls in (LinearRegression, ImpressionsNB, PoissonZeroHMM)
+    cls.name: cls for cls in (LinearRegression, LogisticRegression, ImpressionsNB, PoissonZeroHMM)
 }
 
 

@@ -11,8 +11,10 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
+from benchmarks.consensus import compare
 from benchmarks.measure import lockstep_efficiency, measure
 from benchmarks.report import headline, markdown
 
@@ -66,6 +68,31 @@ def test_fanout_quick_counts_prefect_task_runs(tmp_path):
     assert run["partitions_fitted"] == 200
     assert run["task_runs"] >= run["batches"] > 0
     assert positive(run["wall_s"]) and positive(run["client_peak_rss_mb"])
+
+
+@pytest.mark.slow
+def test_consensus_quick_measures_every_method_against_full_and_reference(tmp_path):
+    consensus = run_quick("consensus", tmp_path)["consensus"]
+    assert set(consensus["datasets"]) == {"kidiq-kidscore_momiq", "logistic_regression"}
+    kidiq = consensus["datasets"]["kidiq-kidscore_momiq"]
+    assert kidiq["full"]["vs_reference"]["dmean_sd"] >= 0 and positive(kidiq["full"]["wall_s"])
+    for method in ("consensus", "consensus-diag", "parametric", "semiparametric"):
+        m = kidiq["shards"]["2"]["methods"][method]
+        assert positive(m["vs_full"]["w1_sd"]) and positive(m["vs_reference"]["w1_sd"]), method
+        assert positive(m["speedup_vs_full"]) and m["speedup_one_worker"] <= m["speedup_vs_full"]
+    assert consensus["datasets"]["logistic_regression"]["shards"]["2"]["methods"]["consensus"]["vs_reference"] is None
+    assert consensus["consensus_dmean_sd_max"] >= 0
+
+
+def test_compare_reports_mean_shift_sd_ratio_and_wasserstein_in_target_sds():
+    rng = np.random.default_rng(0)
+    target = {"a": rng.normal(0.0, 2.0, 20_000)}
+    shifted = {"a": target["a"] + 1.0}  # half a target sd
+    scaled = {"a": target["a"] * 1.5}
+    assert compare(target, target) == {"dmean_sd": 0.0, "sd_ratio": [1.0, 1.0], "w1_sd": 0.0}
+    assert compare(shifted, target)["dmean_sd"] == pytest.approx(0.5, rel=0.02)
+    assert compare(shifted, target)["w1_sd"] == pytest.approx(0.5, rel=0.02)
+    assert compare(scaled, target)["sd_ratio"][0] == pytest.approx(1.5, rel=1e-6)
 
 
 def test_unknown_suite_is_a_usage_error():
