@@ -279,7 +279,7 @@ def _live_progress(enabled: bool):
         return
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from bayesfan import progress
+    from flows import progress
 
     columns = (TextColumn("fitting"), BarColumn(), MofNCompleteColumn(), TextColumn("partitions"),
                TextColumn("[dim]{task.fields[rate]}"), TimeRemainingColumn(),

@@ -26,9 +26,9 @@ from tasks.split import plan_batches, split_partitions
 
 # warm_warmup: FitConfig.warm_warmup's default at full size.
 FULL = {"partitions": 16, "length": 5040, "sampler": SamplerConfig(4, 1000, 1000), "warm_warmup": 150,
-        "gradient_reps": 200}
+        "gradient_reps": 200, "gradient_batches": (64, 128, 256, 512)}
 QUICK = {"partitions": 2, "length": 168, "sampler": SamplerConfig(2, 100, 100), "warm_warmup": 20,
-         "gradient_reps": 20}
+         "gradient_reps": 20, "gradient_batches": (8, 16)}
 SEED = 0
 #: Ampersand's published figures: CPU seconds per chain at this size, and CPU-hours for their fleet.
 AMPERSAND_CPU_S_PER_CHAIN = 1551.0
@@ -60,6 +60,9 @@ def run(quick: bool = False) -> dict:
     cpu_s_per_chain = cold["cpu_s"] / chains
     cpu_hours = cpu_s_per_chain * sampler.chains * FLEET_PARTITIONS / 3600
     gradient_us = series_gradient_us(model.model, data, start.values, size["gradient_reps"])
+    by_batch = {str(b): series_gradient_us(model.model, *tiled(data, start.values, b // sampler.chains),
+                                           max(2, size["gradient_reps"] * chains // b))
+                for b in size["gradient_batches"]}
     # Each iteration costs the longest trajectory of the batch; assumes warmup iterations cost what draws do.
     gradient_s = ((sampler.warmup + sampler.draws) * cold["leapfrog_steps_per_draw"]
                   / cold["lockstep_efficiency"] * gradient_us * 1e-6)
@@ -74,6 +77,7 @@ def run(quick: bool = False) -> dict:
         "ess_bulk_min": cold["ess_bulk_min"],
         "r_hat_max": cold["r_hat_max"],
         "us_per_series_gradient": gradient_us,
+        "us_per_series_gradient_by_batch": by_batch,
         "leapfrog_steps_per_draw": cold["leapfrog_steps_per_draw"],
         "lockstep_efficiency": cold["lockstep_efficiency"],
         "gradient_share_estimate": gradient_s / cpu_s_per_chain,
@@ -144,6 +148,14 @@ def series_gradient_us(model, data: dict, params: dict, reps: int) -> float:
         jax.block_until_ready(loop(z, reps))
     series = np.prod(jax.tree.leaves(z)[0].shape[:2])
     return cost.cpu_s / (reps * series) * 1e6
+
+
+def tiled(data: dict, params: dict, partitions: int) -> tuple[dict, dict]:
+    """``data`` and per-chain ``params`` repeated along the partition axis to ``partitions``."""
+    def tile(a):
+        a = np.asarray(a)
+        return np.resize(a, (partitions, *a.shape[1:]))
+    return {k: tile(v) for k, v in data.items()}, {k: tile(v) for k, v in params.items()}
 
 
 def _public(run: dict) -> dict:

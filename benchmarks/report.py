@@ -76,6 +76,8 @@ def markdown(results: dict) -> str:
             "CPU-s per chain (Ampersand: 1,551)": h["cpu_s_per_chain"],
             "min bulk ESS / max R-hat": f"{_fmt(h['ess_bulk_min'])} / {_fmt(h['r_hat_max'])}",
             "µs per series-gradient": h["us_per_series_gradient"],
+            "µs per series-gradient at batch " + " / ".join(h.get("us_per_series_gradient_by_batch", {})):
+                " / ".join(_fmt(v) for v in h.get("us_per_series_gradient_by_batch", {}).values()),
             "leapfrog steps per draw / lockstep efficiency":
                 f"{_fmt(h['leapfrog_steps_per_draw'])} / {_fmt(h['lockstep_efficiency'])}",
             "share of CPU in gradients (estimate)": f"{h['gradient_share_estimate']:.0%}",

@@ -74,7 +74,7 @@ def run_on_aws_batch(config: FitConfig, plans: list[BatchPlan]) -> tuple[list[di
 
 def run_child(spec_url: str, index: int, attempt: int = 1) -> dict:
     """What ``bayesfan batch-child`` does: fit plan ``index`` of the spec."""
-    from flows.fanout import fit_one_batch
+    from tasks.sample import sample_batch
 
     config, plans = read_spec(spec_url)
-    return fit_one_batch(config, plans[index], attempt)
+    return sample_batch(config, plans[index], attempt)

@@ -11,7 +11,7 @@ from prefect import flow
 from prefect.runtime import flow_run
 
 from bayesfan.config import FitConfig
-from flows.fanout import fit_one_batch
+from tasks.sample import sample_batch
 from tasks.split import BatchPlan
 
 
@@ -24,4 +24,4 @@ def _run_name() -> str:
 @flow(name="fit-batch", flow_run_name=_run_name, validate_parameters=True)
 def fit_batch_flow(config: FitConfig, plan: BatchPlan, attempt: int = 1) -> dict:
     """Fit one batch and write its result under ``config.out``; return its small record."""
-    return fit_one_batch(config, plan, attempt)
+    return sample_batch(config, plan, attempt)

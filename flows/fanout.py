@@ -22,7 +22,6 @@ from prefect.tasks import exponential_backoff
 
 from bayesfan.config import FitConfig
 from bayesfan.storage import Store
-from models import resolve_model
 from tasks.sample import finished_record, sample_batch
 from tasks.split import BatchPlan
 
@@ -32,18 +31,10 @@ def _batch_run_name() -> str:
     return f"fit-batch {plan.index:04d} ({len(plan.partitions)} partitions)"
 
 
-def fit_one_batch(config: FitConfig, plan: BatchPlan, attempt: int) -> dict:
-    """Fit ``plan`` under ``config`` (a warm batch uses the short warm warmup)."""
-    model = resolve_model(config.model, config.model_options)
-    sampler = config.sampler._replace(warmup=config.warm_warmup) if plan.warm else config.sampler
-    return sample_batch(config.out, plan, model, sampler, config.seed, config.rhat_max, config.ess_min,
-                        attempt=attempt, max_divergence_rate=config.max_divergence_rate)
-
-
 @task(name="fit-batch", task_run_name=_batch_run_name)
 def fit_batch_task(config: FitConfig, plan: BatchPlan) -> dict:
     """One batch as a Prefect task; the flow sets its retries."""
-    return fit_one_batch(config, plan, attempt=max(1, task_run.run_count))
+    return sample_batch(config, plan, attempt=max(1, task_run.run_count))
 
 
 def task_runner(config: FitConfig):

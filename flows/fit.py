@@ -19,9 +19,9 @@ from bayesfan.config import FitConfig
 from bayesfan.result import FitFailed, FitResult
 from bayesfan.storage import Store
 from flows.fanout import run_batches
+from flows.progress import Progress
 from models import resolve_model
 from tasks.load import check_columns, fingerprint, read_table
-from bayesfan.progress import Progress
 from tasks.artifacts import artifact_prefix, publish_artifacts
 from tasks.reduce import reduce_batches
 from tasks.report import build_report

@@ -17,8 +17,10 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from bayesfan.engine import ChainOutput, SamplerConfig, enable_compilation_cache, fit_batch, partition_keys
+from bayesfan.config import FitConfig
+from bayesfan.engine import ChainOutput, enable_compilation_cache, fit_batch, partition_keys
 from bayesfan.storage import Store, pack_tree, sha256, unpack_tree
+from models import resolve_model
 from models.base import Model
 from tasks.diagnose import summarize
 from tasks.split import BatchPlan, read_batch_input
@@ -73,24 +75,26 @@ def to_datatree(out: ChainOutput, partitions: list[str]) -> xr.DataTree:
     )
 
 
-def sample_batch(
-    out_url: str, plan: BatchPlan, model: Model, sampler: SamplerConfig, seed: int,
-    rhat_max: float, ess_min: float, attempt: int = 1, max_divergence_rate: float = 1.0,
-) -> dict:
-    """Fit every partition of ``plan`` and write its result; return the batch record."""
+def sample_batch(config: FitConfig, plan: BatchPlan, attempt: int = 1) -> dict:
+    """Fit every partition of ``plan`` under ``config`` and write its result; return the batch record.
+
+    A warm-started batch runs the short ``warm_warmup``.
+    """
     enable_compilation_cache()
-    store = Store(out_url)
+    model = resolve_model(config.model, config.model_options)
+    sampler = config.sampler._replace(warmup=config.warm_warmup) if plan.warm else config.sampler
+    store = Store(config.out)
     rows = read_batch_input(store, plan)
     parts = [rows[key] for key in plan.partitions]
     data = stack_partitions(model, parts, plan.length, plan.size)
     padded_keys = plan.partitions + [plan.partitions[0]] * (plan.size - len(plan.partitions))
-    keys = partition_keys(seed, padded_keys, sampler.chains)
+    keys = partition_keys(config.seed, padded_keys, sampler.chains)
     start = time.perf_counter()
     warm = read_warm(store, plan.batch_id, plan.size) if plan.warm else None
     output = fit_batch(model, sampler, keys, data, warm)
     seconds = time.perf_counter() - start
     tree = to_datatree(output, plan.partitions)
-    summary, verdicts = summarize(tree, rhat_max, ess_min, max_divergence_rate)
+    summary, verdicts = summarize(tree, config.rhat_max, config.ess_min, config.max_divergence_rate)
     result_bytes, summary_bytes = pack_tree(tree), _parquet_bytes(summary)
     store.write_bytes(result_bytes, "batches", plan.batch_id, RESULT)
     store.write_bytes(summary_bytes, "batches", plan.batch_id, SUMMARY)
