@@ -26,7 +26,7 @@ from models.base import Model, truth_rows
 
 ROOT = Path(__file__).resolve().parent.parent
 FULL = (1_000, 10_000)
-QUICK = (200,)
+QUICK = (100,)
 ROWS = 8
 SAMPLER = {"chains": 2, "warmup": 10, "draws": 10}
 #: Orchestration only: no refit round for the (unconverged) trivial fits, no plotted report.

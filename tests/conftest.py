@@ -32,6 +32,16 @@ os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT / "tests"), st
 sys.path[:0] = [str(ROOT / "tests")]
 
 _SERVER: subprocess.Popen | None = None
+#: The longest test files (seconds on 2 cores), run first: xdist's ``--dist loadfile`` hands
+#: out files in collection order, so long files last would leave one worker idle at the end.
+LONGEST_FIRST = ("test_bench.py", "test_sbc.py", "test_backends.py", "test_bad_input.py", "test_pipeline.py",
+                 "test_chaos.py", "test_recovery.py", "test_faults.py", "test_reference.py", "test_cli.py",
+                 "test_report.py")
+
+
+def pytest_collection_modifyitems(session, config, items):
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
 
 
 def pytest_configure(config):

@@ -22,7 +22,7 @@ SMALL = ["--chains", "2", "--warmup", "100", "--draws", "100", "--batch-size", "
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> Path:
-    frame, _ = resolve_model("linear_regression").simulate(np.random.default_rng(5), 12, 30)
+    frame, _ = resolve_model("linear_regression").simulate(np.random.default_rng(5), 6, 30)
     path = tmp_path_factory.mktemp("backends") / "data.parquet"
     frame.to_parquet(path, index=False)
     return path
@@ -70,7 +70,7 @@ def test_pool_backend_with_real_workers_matches_local(prefect_api, data, local_f
         for worker in workers:
             _stop(worker)
     manifest_batches = len(list((out / "batches").glob("*/done.json")))
-    assert manifest_batches == 12
+    assert manifest_batches == 6
     xr.testing.assert_equal(draws(out), draws(local_fit))
 
 

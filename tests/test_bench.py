@@ -65,7 +65,7 @@ def test_hmm_quick_writes_ampersand_comparison_and_warm_start(tmp_path):
 @pytest.mark.slow
 def test_fanout_quick_counts_prefect_task_runs(tmp_path):
     (run,) = run_quick("fanout", tmp_path)["fanout"]["runs"].values()
-    assert run["partitions_fitted"] == 200
+    assert run["partitions_fitted"] == 100
     assert run["task_runs"] >= run["batches"] > 0
     assert positive(run["wall_s"]) and positive(run["client_peak_rss_mb"])
 

@@ -20,7 +20,8 @@ def test_eti89_covers_truth_at_nominal_rate(tmp_path, model, partitions, length)
     data = tmp_path / "data.parquet"
     frame.to_parquet(data, index=False)
     result = run_fit(FitConfig(data=str(data), model=model, partition_by=("partition",), out=str(tmp_path / "out"),
-                               chains=4, warmup=300, draws=300, batch_size=64, workers=1, report=False))
+                               chains=2, warmup=300, draws=300, batch_size=64, workers=1, max_refits=0,
+                               report=False))
     merged = result.summary.merge(truth, on=["partition", "parameter"], validate="one_to_one")
     assert len(merged) == len(truth)
     covered = ((merged["value"] >= merged["eti89_lb"]) & (merged["value"] <= merged["eti89_ub"])).mean()
