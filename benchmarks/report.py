@@ -69,6 +69,14 @@ def markdown(results: dict) -> str:
                                          "ess_bulk_per_cpu_s")]
             out.append(f"| {name} | " + " | ".join(_fmt(c) for c in cells) + " |"
                        if "skipped" not in s else f"| {name} | skipped: {s['skipped']} | | | |")
+        small = results["small"]
+        if "cores" in small:
+            c = small["cores"]
+            out += ["", f"Every core ({c['cores']}): the bare kernel took {_fmt(c['processes_wall_s'])} s as one process "
+                        f"per core and {_fmt(c['devices_wall_s'])} s as one process with one JAX device per core "
+                        f"(devices / processes = {_fmt(c['devices_over_processes'])}). The pipeline (split, sample, "
+                        f"reduce) over the per-core kernel: {_fmt(small['pipeline_over_kernel'])}; `fit` on its "
+                        f"defaults (refits and report included): {_fmt(small['fit_over_kernel'])}."]
     if "hmm" in results:
         h, p = results["hmm"], results["hmm"]["projection"]
         out += ["", "| hmm | value |", "|---|---|"]

@@ -3,21 +3,33 @@
 Systems, all on the same simulated data and NUTS settings:
 
 * ``fit``: bayesfan's full pipeline (``run_fit``: Prefect ephemeral API, process pool,
-  artifact and diagnostics), on the ``FitConfig`` defaults;
-* ``kernel``: the same batches through ``engine.fit_batch`` in this process, no Prefect;
+  artifact, diagnostics, refits of unconverged partitions, ``report.html``), on the
+  ``FitConfig`` defaults;
+* ``pipeline``: the issue's pipeline, split -> sample -> reduce, on the same batches as the
+  kernels (``run_fit`` with ``max_refits=0``, ``report=False``);
+* ``kernel``: the same batches through ``engine.fit_batch`` in this process (one core), no Prefect;
+* ``kernel_processes`` / ``kernel_devices``: the bare kernel on every core, as one process
+  per core (each fits its share of the batches) or as one process with one JAX CPU device
+  per core (``BAYESFAN_CPU_DEVICES``: each batch split across the devices); each pays
+  interpreter start, imports and tracing, as a pipeline worker does;
 * ``numpyro_loop``: one ``MCMC(NUTS(model)).run`` per partition (timed on a subset, scaled);
 * ``pymc_loop``: one ``pm.Model`` and default ``pm.sample`` per partition (subset, scaled).
 
-Compiled programs start in JAX's persistent cache (a scheduled refit), so ``fit`` and
-``kernel`` each pay tracing and a cache load, not XLA compilation; ``one_off`` reports
-the seconds of tracing and compiling. Speedups are ratios of CPU seconds per partition;
-ESS is each partition's smallest bulk ESS, and ``ess_bulk_median`` the median over partitions.
+Compiled programs start in JAX's persistent cache (a scheduled refit), so the bayesfan
+systems pay tracing and a cache load, not XLA compilation; ``one_off`` reports the
+seconds of tracing and compiling. Speedups are ratios of CPU seconds per partition;
+``pipeline_over_kernel`` is a ratio of wall times (``pipeline`` over ``kernel_processes``,
+both on every core). ESS is each partition's smallest bulk ESS, and ``ess_bulk_median``
+the median over partitions.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import subprocess
+import sys
 import tempfile
 import warnings
 from pathlib import Path
@@ -46,20 +58,30 @@ def run(quick: bool = False) -> dict:
     parts, _ = split_partitions(frame, ("partition",), model)
     sampler, batch_size = size["sampler"], FitConfig.model_fields["batch_size"].default
     one_off = warm_compilation_cache(model, parts, sampler, batch_size)
-    systems = {
-        "fit": bayesfan_fit(frame, sampler),
-        "kernel": bayesfan_kernel(model, parts, sampler, batch_size),
-        "numpyro_loop": numpyro_loop(model, parts, sampler, size["numpyro"]),
-        "pymc_loop": pymc_loop(model, parts, sampler, size["pymc"]),
-    }
-    fit = systems["fit"]
+    plans, cores = plan_batches(parts, batch_size, {}), os.cpu_count()
+    with tempfile.TemporaryDirectory() as tmp:
+        data = Path(tmp) / "data.parquet"
+        frame.to_parquet(data, index=False)
+        systems = {
+            "fit": bayesfan_fit(data, Path(tmp) / "fit", sampler),
+            "pipeline": bayesfan_fit(data, Path(tmp) / "pipeline", sampler, max_refits=0, report=False),
+            "kernel": bayesfan_kernel(model, parts, sampler, plans),
+            "kernel_processes": kernel_on_cores(data, sampler, batch_size, processes=min(cores, len(plans)), devices=1),
+            "kernel_devices": kernel_on_cores(data, sampler, batch_size, processes=1, devices=cores),
+            "numpyro_loop": numpyro_loop(model, parts, sampler, size["numpyro"]),
+            "pymc_loop": pymc_loop(model, parts, sampler, size["pymc"]),
+        }
+    fit, by_processes, by_devices = systems["fit"], systems["kernel_processes"], systems["kernel_devices"]
     return {
         "size": {k: (v._asdict() if k == "sampler" else v) for k, v in size.items()},
         "one_off": one_off,
         "systems": systems,
         "speedup_vs_numpyro_loop": _ratio(systems["numpyro_loop"], fit),
         "speedup_vs_pymc": _ratio(systems["pymc_loop"], fit),
-        "pipeline_over_kernel": fit["cpu_s_per_partition"] / systems["kernel"]["cpu_s_per_partition"],
+        "pipeline_over_kernel": systems["pipeline"]["wall_s"] / by_processes["wall_s"],
+        "fit_over_kernel": fit["wall_s"] / by_processes["wall_s"],
+        "cores": {"cores": cores, "processes_wall_s": by_processes["wall_s"], "devices_wall_s": by_devices["wall_s"],
+                  "devices_over_processes": by_devices["wall_s"] / by_processes["wall_s"]},
         "ess_per_cpu_s_vs_numpyro_loop": _ess_ratio(fit, systems["numpyro_loop"]),
         "ess_per_cpu_s_vs_pymc": _ess_ratio(fit, systems["pymc_loop"]),
     }
@@ -99,21 +121,18 @@ def warm_compilation_cache(model, parts: dict, sampler: SamplerConfig, batch_siz
     return seconds
 
 
-def bayesfan_fit(frame: pd.DataFrame, sampler: SamplerConfig) -> dict:
+def bayesfan_fit(data: Path, out: Path, sampler: SamplerConfig, **options) -> dict:
     """(a) ``run_fit`` end to end: read, split, fan out, sample, diagnose, write the artifact."""
     from flows.fit import run_fit
 
-    with tempfile.TemporaryDirectory() as tmp:
-        data = Path(tmp) / "data.parquet"
-        frame.to_parquet(data, index=False)
-        config = FitConfig(data=str(data), model="linear_regression", partition_by="partition",
-                           out=str(Path(tmp) / "out"), seed=SEED, **sampler._asdict())
-        with measure() as cost:
-            result = run_fit(config)
-        partitions = result.manifest["partitions"]
-        ess = np.array([p["ess_bulk_min"] for p in partitions.values()], dtype=float)
-        return figures(cost, len(partitions), ess, batches=result.manifest["batches_total"],
-                       workers=config.workers or os.cpu_count(), profile=profile(result.manifest, cost))
+    config = FitConfig(data=str(data), model="linear_regression", partition_by="partition",
+                       out=str(out), seed=SEED, **sampler._asdict(), **options)
+    with measure() as cost:
+        result = run_fit(config)
+    partitions = result.manifest["partitions"]
+    ess = np.array([p["ess_bulk_min"] for p in partitions.values()], dtype=float)
+    return figures(cost, len(partitions), ess, batches=result.manifest["batches_total"],
+                   workers=config.workers or os.cpu_count(), profile=profile(result.manifest, cost))
 
 
 def profile(manifest: dict, cost: Cost) -> dict:
@@ -128,9 +147,14 @@ def profile(manifest: dict, cost: Cost) -> dict:
     }
 
 
-def bayesfan_kernel(model, parts: dict, sampler: SamplerConfig, batch_size: int) -> dict:
-    """(b) The same batches through ``fit_batch`` in this process: stacking, keys and sampling only."""
-    plans = plan_batches(parts, batch_size, {})
+def bayesfan_kernel(model, parts: dict, sampler: SamplerConfig, plans: list) -> dict:
+    """(b) The batches ``plans`` through ``fit_batch`` in this process: stacking, keys and sampling only."""
+    cost, ess, lockstep = run_kernel(model, parts, sampler, plans)
+    return figures(cost, len(ess), ess, batches=len(plans), lockstep_efficiency=lockstep)
+
+
+def run_kernel(model, parts: dict, sampler: SamplerConfig, plans: list) -> tuple[Cost, np.ndarray, float]:
+    """Cost, per-partition smallest bulk ESS and mean lockstep efficiency of ``plans`` through ``fit_batch``."""
     ess, lockstep = [], []
     with measure() as cost:
         outputs = []
@@ -142,8 +166,31 @@ def bayesfan_kernel(model, parts: dict, sampler: SamplerConfig, batch_size: int)
     for n, out in outputs:
         ess.extend(ess_bulk_min({k: v[:n] for k, v in out.samples.items()}, ("partition", "chain", "draw")))
         lockstep.append(lockstep_efficiency(out.stats["n_steps"]))
-    return figures(cost, len(parts), np.asarray(ess), batches=len(plans),
-                   lockstep_efficiency=float(np.mean(lockstep)))
+    return cost, np.asarray(ess), float(np.mean(lockstep))
+
+
+def kernel_on_cores(data: Path, sampler: SamplerConfig, batch_size: int, processes: int, devices: int) -> dict:
+    """The bare kernel in ``processes`` fresh processes at once (each fits every ``processes``-th
+    batch), each with ``devices`` JAX CPU devices; wall time from launch until the last exits."""
+    env = {**os.environ, "BAYESFAN_CPU_DEVICES": str(devices)}
+    with tempfile.TemporaryDirectory() as tmp, measure() as cost:
+        outs = [Path(tmp) / f"{i}.json" for i in range(processes)]
+        children = [subprocess.Popen([sys.executable, "-m", "benchmarks.small", str(data), str(i), str(processes),  # noqa: S603
+                                      json.dumps(sampler._asdict()), str(batch_size), str(out)], env=env)
+                    for i, out in enumerate(outs)]
+        if any(child.wait() != 0 for child in children):
+            raise RuntimeError(f"a kernel process failed ({processes} processes x {devices} devices)")
+        ess = np.concatenate([json.loads(out.read_text())["ess"] for out in outs])
+    return figures(cost, len(ess), ess, processes=processes, devices=devices)
+
+
+def kernel_share(data: Path, share: int, shares: int, sampler: SamplerConfig, batch_size: int) -> dict:
+    """What one ``kernel_on_cores`` process does: every ``shares``-th batch from ``share``."""
+    enable_compilation_cache()
+    model = resolve_model("linear_regression")
+    parts, _ = split_partitions(pd.read_parquet(data), ("partition",), model)
+    _, ess, _ = run_kernel(model, parts, sampler, plan_batches(parts, batch_size, {})[share::shares])
+    return {"ess": ess.tolist()}
 
 
 def numpyro_loop(model, parts: dict, sampler: SamplerConfig, count: int) -> dict:
@@ -195,3 +242,9 @@ def _ratio(baseline: dict, fit: dict) -> float | None:
 
 def _ess_ratio(fit: dict, baseline: dict) -> float | None:
     return None if "skipped" in baseline else fit["ess_bulk_per_cpu_s"] / baseline["ess_bulk_per_cpu_s"]
+
+
+if __name__ == "__main__":  # one process of ``kernel_on_cores``
+    data, share, shares, sampler, batch_size, out = sys.argv[1:]
+    result = kernel_share(Path(data), int(share), int(shares), SamplerConfig(**json.loads(sampler)), int(batch_size))
+    Path(out).write_text(json.dumps(result))

@@ -45,9 +45,11 @@ def step_matrices(log_trans: jax.Array, log_emit: jax.Array, mask: jax.Array) ->
 def log_likelihood(log_init, log_trans, log_emit, mask) -> jax.Array:
     """log p(y_0..y_{T-1}) = logsumexp_k alpha_{T-1}(k), by the forward recursion.
 
-    A sequential ``lax.scan`` in log space: measured on CPU with T = 5,040 and 32
-    chains, it beat both a pairwise tree reduction of the M_t (4x slower) and a
-    probability-space scan with per-step rescaling (no faster).
+    A sequential ``lax.scan`` in log space. Measured on CPU at T = 5,040, per
+    series-gradient: it beat a pairwise tree reduction of the M_t (4x slower), a
+    probability-space scan with per-step rescaling and every logarithm outside the loop
+    (673 against 568 µs at 64 series: the loop is not bound by its exp/log), and
+    ``unroll`` = 4 to 32 (within noise, longer compiles).
     """
     return jax.nn.logsumexp(forward(log_init, log_trans, log_emit, mask)[-1])
 

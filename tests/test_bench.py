@@ -46,7 +46,9 @@ def test_small_quick_writes_ratios_and_per_system_figures(tmp_path):
     assert positive(small["speedup_vs_numpyro_loop"]) and positive(small["pipeline_over_kernel"])
     pymc = small["systems"]["pymc_loop"]
     assert positive(small["speedup_vs_pymc"]) or ("skipped" in pymc and small["speedup_vs_pymc"] is None)
-    for name in ("fit", "kernel", "numpyro_loop"):
+    assert positive(small["cores"]["devices_over_processes"]) and positive(small["fit_over_kernel"])
+    assert small["systems"]["kernel_devices"]["partitions_timed"] == small["size"]["partitions"]
+    for name in ("fit", "pipeline", "kernel", "kernel_processes", "kernel_devices", "numpyro_loop"):
         system = small["systems"][name]
         for key in ("partitions_per_s", "cpu_s_per_partition", "ess_bulk_per_cpu_s"):
             assert positive(system[key]), (name, key)

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 SCRIPT = Path(__file__).parent / "scripts" / "fit_small_batch.py"
 HITS = '''
@@ -28,19 +29,26 @@ def run(out: Path, cache: Path, devices: int = 1) -> str:
     return done.stdout
 
 
-def test_second_process_hits_the_persistent_compilation_cache(tmp_path):
-    first = run(tmp_path / "a.npz", tmp_path / "cache")
-    second = run(tmp_path / "b.npz", tmp_path / "cache")
-    assert "cache_hits 0" in first
+@pytest.fixture(scope="module")
+def first(tmp_path_factory) -> tuple[Path, str]:
+    """One fit in a fresh process with an empty cache directory: (its cache, its stdout)."""
+    root = tmp_path_factory.mktemp("engine")
+    return root, run(root / "first.npz", root / "cache")
+
+
+def test_second_process_hits_the_persistent_compilation_cache(first, tmp_path):
+    root, stdout = first
+    second = run(tmp_path / "second.npz", root / "cache")
+    assert "cache_hits 0" in stdout
     assert "cache_hits 0" not in second
-    a, b = np.load(tmp_path / "a.npz"), np.load(tmp_path / "b.npz")
+    a, b = np.load(root / "first.npz"), np.load(tmp_path / "second.npz")
     for name in a.files:
         np.testing.assert_array_equal(a[name], b[name])
 
 
-def test_sharded_and_unsharded_batches_give_the_same_draws(tmp_path):
-    run(tmp_path / "one.npz", tmp_path / "cache1", devices=1)
+def test_sharded_and_unsharded_batches_give_the_same_draws(first, tmp_path):
+    root, _ = first
     run(tmp_path / "two.npz", tmp_path / "cache2", devices=2)
-    one, two = np.load(tmp_path / "one.npz"), np.load(tmp_path / "two.npz")
+    one, two = np.load(root / "first.npz"), np.load(tmp_path / "two.npz")
     for name in one.files:
         np.testing.assert_allclose(two[name], one[name], rtol=1e-5, atol=1e-6)
