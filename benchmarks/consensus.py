@@ -20,6 +20,7 @@ after another instead.
 from __future__ import annotations
 
 import json
+import re
 import time
 import zipfile
 from pathlib import Path
@@ -157,15 +158,25 @@ def compare(draws: dict[str, np.ndarray], target: dict[str, np.ndarray]) -> dict
 
 def posteriordb(posterior: str) -> tuple[Model, pd.DataFrame, dict[str, np.ndarray]]:
     """The posteriordb model, its data as rows, and its reference draws (0-based names)."""
+    with zipfile.ZipFile(DATA / f"draws-{posterior}.json.zip") as zf:
+        chains = json.loads(zf.read(zf.namelist()[0]))
+    reference = {zero_based(name): np.concatenate([np.asarray(c[name], float) for c in chains])
+                 for name in chains[0]}
+    return REFERENCE_MODELS[posterior](), posteriordb_rows(posterior), reference
+
+
+def posteriordb_rows(posterior: str) -> pd.DataFrame:
+    """The data of ``posterior`` as rows: every list of the longest length is a column; ``t`` indexes them."""
     with zipfile.ZipFile(DATA / f"data-{posterior.split('-')[0]}.json.zip") as zf:
         data = json.loads(zf.read(zf.namelist()[0]))
     length = max(len(v) for v in data.values() if isinstance(v, list))
-    frame = pd.DataFrame({k: v for k, v in data.items() if isinstance(v, list) and len(v) == length})
-    with zipfile.ZipFile(DATA / f"draws-{posterior}.json.zip") as zf:
-        chains = json.loads(zf.read(zf.namelist()[0]))
-    reference = {_zero_based(name): np.concatenate([np.asarray(c[name], float) for c in chains])
-                 for name in chains[0]}
-    return REFERENCE_MODELS[posterior](), frame, reference
+    rows = pd.DataFrame({k: v for k, v in data.items() if isinstance(v, list) and len(v) == length})
+    return rows.assign(t=np.arange(length))
+
+
+def zero_based(stan_name: str) -> str:
+    """``beta[2]`` -> ``beta[1]``: Stan's 1-based names to ours."""
+    return re.sub(r"\[(\d+)\]", lambda m: f"[{int(m.group(1)) - 1}]", stan_name)
 
 
 def logistic(rows: int) -> tuple[Model, pd.DataFrame, None]:
@@ -173,11 +184,3 @@ def logistic(rows: int) -> tuple[Model, pd.DataFrame, None]:
     model = LogisticRegression()
     frame, _ = model.simulate(np.random.default_rng(SEED), 1, rows)
     return model, frame.drop(columns="partition"), None
-
-
-def _zero_based(name: str) -> str:
-    """Stan's ``beta[2]`` -> ``beta[1]``."""
-    if "[" not in name:
-        return name
-    base, index = name[:-1].split("[")
-    return f"{base}[{','.join(str(int(i) - 1) for i in index.split(','))}]"

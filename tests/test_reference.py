@@ -7,8 +7,6 @@ For every parameter: |mean - reference mean| <= 0.1 reference sd, and sd within 
 from __future__ import annotations
 
 import json
-import re
-import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +14,7 @@ import pandas as pd
 import pytest
 
 from bayesfan.engine import SamplerConfig, fit_batch, partition_keys
+from benchmarks.consensus import posteriordb_rows, zero_based
 from models.reference import REFERENCE_MODELS
 from tasks.diagnose import summarize
 from tasks.sample import stack_partitions, to_datatree
@@ -24,20 +23,6 @@ DATA = Path(__file__).parent / "data" / "reference"
 MOMENTS = json.loads((DATA / "moments.json").read_text())
 SAMPLER = SamplerConfig(chains=4, warmup=500, draws=1000)
 SAMPLERS = {"eight_schools-eight_schools_noncentered": SAMPLER._replace(target_accept=0.95)}
-
-
-def posteriordb_rows(posterior: str) -> pd.DataFrame:
-    """The data of ``posterior`` as rows: every list of the longest length is a column; ``t`` indexes them."""
-    with zipfile.ZipFile(DATA / f"data-{posterior.split('-')[0]}.json.zip") as zf:
-        data = json.loads(zf.read(zf.namelist()[0]))
-    length = max(len(v) for v in data.values() if isinstance(v, list))
-    rows = pd.DataFrame({k: v for k, v in data.items() if isinstance(v, list) and len(v) == length})
-    return rows.assign(t=np.arange(length))
-
-
-def zero_based(stan_name: str) -> str:
-    """``beta[2]`` -> ``beta[1]``: Stan's 1-based names to ours."""
-    return re.sub(r"\[(\d+)\]", lambda m: f"[{int(m.group(1)) - 1}]", stan_name)
 
 
 def fit_summary(posterior: str) -> pd.DataFrame:
