@@ -12,9 +12,10 @@ The core is pure functions over arrays, in the style of ``numpyro.infer.hmc``:
   starts each chain from a previous fit's values, step size and diagonal mass
   matrix; then only the step size adapts during the (short) warmup.
 
-The compiled program is cached per (model, sampler config, shapes), so every
-batch of a shape bucket reuses it; ``enable_compilation_cache`` turns on JAX's
-persistent cache so that new worker processes do not recompile either.
+The program is built once per (model, sampler config, shapes), so every batch of
+a shape bucket reuses it. New worker processes neither trace it (``bayesfan.programs``
+stores the traced program with ``jax.export``) nor compile it
+(``enable_compilation_cache`` turns on JAX's persistent compilation cache).
 
 With ``BAYESFAN_CPU_DEVICES=n`` (n > 1) the process exposes n CPU devices and a
 batch's partitions are split across them (the same program on each); by default
@@ -26,7 +27,9 @@ device per core (benchmarks/README.md).
 from __future__ import annotations
 
 import functools
+import inspect
 import os
+import sys
 import zlib
 from typing import Callable, NamedTuple
 
@@ -37,6 +40,8 @@ from jax import lax, random
 from numpyro.infer.hmc import hmc
 from numpyro.infer.initialization import init_to_uniform, init_to_value
 from numpyro.infer.util import initialize_model
+
+from bayesfan import programs
 
 if int(os.environ.get("BAYESFAN_CPU_DEVICES", "1")) > 1:
     jax.config.update("jax_num_cpu_devices", int(os.environ["BAYESFAN_CPU_DEVICES"]))
@@ -67,6 +72,10 @@ class ChainOutput(NamedTuple):
     stats: dict
     step_size: jax.Array
     inverse_mass_matrix: jax.Array
+
+
+for _type in (WarmStart, ChainOutput):
+    jax.export.register_namedtuple_serialization(_type, serialized_name=f"bayesfan.{_type.__name__}")
 
 
 def run_chain(
@@ -126,9 +135,26 @@ def fit_batch(
     ``model`` is a hashable NumPyro model callable (a ``models.base.Model`` instance
     compares by value, so equal models share one compiled program).
     """
-    fn = compiled_fit(model, cfg)
-    parts = [fn(*chunk) for chunk in split_across_devices(keys, data, warm)]  # dispatched asynchronously
+    chunks = split_across_devices(keys, data, warm)
+    fn = batch_program(model, cfg, chunks[0])
+    parts = [fn(*chunk) for chunk in chunks]  # dispatched asynchronously
     return jax.tree.map(lambda *xs: np.concatenate([np.asarray(x) for x in xs]), *parts)
+
+
+_PROGRAMS: dict = {}
+_SOURCE = inspect.getsource(sys.modules[__name__])
+
+
+def batch_program(model: Callable, cfg: SamplerConfig, args: tuple) -> Callable:
+    """``compiled_fit(model, cfg)`` for arguments shaped like ``args``: built once per process,
+    and loaded from the export cache when another process has traced it already."""
+    signature = (model, cfg, programs.signature(args))
+    if signature not in _PROGRAMS:
+        key = programs.program_key(model, _SOURCE, cfg, args)
+        _PROGRAMS[signature] = programs.load_or_export(
+            compiled_fit(model, cfg), key, args, os.path.join(cache_root(), "programs")
+        )
+    return _PROGRAMS[signature]
 
 
 def split_across_devices(*trees) -> list:

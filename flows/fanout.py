@@ -13,10 +13,13 @@ Nextflow's ``maxRetries``/``maxSpotAttempts``:
 
 from __future__ import annotations
 
+import contextlib
 from collections import Counter
 
 from prefect import task
+from prefect.client.orchestration import get_client
 from prefect.runtime import task_run
+from prefect.settings import PREFECT_API_URL, temporary_settings
 from prefect.task_runners import ProcessPoolTaskRunner
 from prefect.tasks import exponential_backoff
 
@@ -37,8 +40,21 @@ def fit_batch_task(config: FitConfig, plan: BatchPlan) -> dict:
     return sample_batch(config, plan, attempt=max(1, task_run.run_count))
 
 
+@contextlib.contextmanager
 def task_runner(config: FitConfig):
-    """The task runner of the ``local`` or ``dask`` backend."""
+    """The task runner of the ``local`` or ``dask`` backend, its workers on this process's API.
+
+    Worker processes inherit the Prefect settings that are set. Without an API URL
+    (ephemeral mode) each worker would start a Prefect server of its own (seconds
+    per worker), so the URL of the server this flow talks to is set for them.
+    """
+    with get_client(sync_client=True) as client:
+        api_url = str(client.api_url)
+    with temporary_settings({PREFECT_API_URL: api_url}), _runner(config) as runner:
+        yield runner
+
+
+def _runner(config: FitConfig):
     if config.backend == "dask":
         from prefect_dask import DaskTaskRunner
 

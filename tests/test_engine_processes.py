@@ -1,4 +1,4 @@
-"""Engine behaviour across processes: the persistent compilation cache, and device sharding."""
+"""Engine behaviour across processes: the program and compilation caches, and device sharding."""
 
 from __future__ import annotations
 
@@ -13,17 +13,21 @@ import pytest
 SCRIPT = Path(__file__).parent / "scripts" / "fit_small_batch.py"
 HITS = '''
 import jax.monitoring, runpy, sys
-hits = []
+from bayesfan import programs
+hits, exports, export = [], [], programs.export.export
 jax.monitoring.register_event_listener(lambda event, **kw: hits.append(event))
+programs.export.export = lambda *a, **kw: exports.append(1) or export(*a, **kw)
 sys.argv = sys.argv[1:]
 runpy.run_path(sys.argv[0], run_name="__main__")
 print("cache_hits", hits.count("/jax/compilation_cache/cache_hits"))
+print("traced_and_exported", len(exports))
 '''
 
 
 def run(out: Path, cache: Path, devices: int = 1) -> str:
-    env = {**os.environ, "BAYESFAN_CPU_DEVICES": str(devices)}
-    done = subprocess.run([sys.executable, "-c", HITS, str(SCRIPT), str(out), str(cache)],  # noqa: S603
+    """The script in a fresh process whose program and compilation caches live under ``cache``."""
+    env = {**os.environ, "BAYESFAN_CPU_DEVICES": str(devices), "BAYESFAN_CACHE_DIR": str(cache)}
+    done = subprocess.run([sys.executable, "-c", HITS, str(SCRIPT), str(out)],  # noqa: S603
                           env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr
     return done.stdout
@@ -36,11 +40,11 @@ def first(tmp_path_factory) -> tuple[Path, str]:
     return root, run(root / "first.npz", root / "cache")
 
 
-def test_second_process_hits_the_persistent_compilation_cache(first, tmp_path):
+def test_second_process_neither_traces_nor_compiles_and_gives_the_same_draws(first, tmp_path):
     root, stdout = first
     second = run(tmp_path / "second.npz", root / "cache")
-    assert "cache_hits 0" in stdout
-    assert "cache_hits 0" not in second
+    assert "cache_hits 0" in stdout and "traced_and_exported 1" in stdout
+    assert "cache_hits 0" not in second and "traced_and_exported 0" in second
     a, b = np.load(root / "first.npz"), np.load(tmp_path / "second.npz")
     for name in a.files:
         np.testing.assert_array_equal(a[name], b[name])

@@ -1,4 +1,6 @@
-"""Fit one small linear-regression batch and save its draws (run in a fresh process by tests)."""
+"""Fit one small linear-regression batch and save its draws (run in a fresh process by tests).
+
+Caches live under ``$BAYESFAN_CACHE_DIR``."""
 
 import sys
 
@@ -9,8 +11,8 @@ from models import resolve_model
 from tasks.sample import stack_partitions
 
 if __name__ == "__main__":
-    out, cache = sys.argv[1], sys.argv[2]
-    enable_compilation_cache(cache)
+    out = sys.argv[1]
+    enable_compilation_cache()
     model = resolve_model("linear_regression")
     frame, _ = model.simulate(np.random.default_rng(0), 4, 40)
     parts = [rows[list(model.columns())] for _, rows in frame.groupby("partition")]
