@@ -3,18 +3,26 @@
 ``<out>/posterior.zarr`` (DataTree, dims ``(partition, chain, draw, ...)``),
 ``<out>/summary.parquet`` and ``<out>/manifest.json``, the manifest written last:
 a reader that finds the manifest finds the complete artifact it describes.
+
+The posterior is streamed: ``write_posterior`` pre-sizes the store and fills it
+``CHUNK`` partitions at a time, in key order, so the client holds a few batches'
+draws at once however many partitions the run has.
 """
 
 from __future__ import annotations
 
+import functools
 import io
 import os
 import tempfile
 import warnings
 from collections import Counter
 
+import dask.array
+import numpy as np
 import pandas as pd
 import xarray as xr
+import zarr
 
 from bayesfan.storage import Store
 from tasks.diagnose import SUMMARY_COLUMNS
@@ -22,12 +30,12 @@ from tasks.sample import load_result, load_summary
 
 STATUSES = ("ok", "unconverged", "failed", "quarantined")
 GROUPS = ("posterior", "sample_stats", "adaptation")
+#: Partitions per zarr chunk of posterior.zarr, and per step of the streaming write.
+CHUNK = 32
 
 
-def combine_trees(trees: list[xr.DataTree], keep: list[list[str]] | None = None) -> xr.DataTree:
-    """Concatenate batch trees along ``partition`` (only ``keep[i]`` of tree i), sorted by key."""
-    if keep is not None:
-        trees = [t.sel(partition=k) for t, k in zip(trees, keep) if k]
+def combine_trees(trees: list[xr.DataTree]) -> xr.DataTree:
+    """Concatenate batch trees, held in memory, along ``partition``, sorted by key."""
     groups = {}
     for group in GROUPS:
         ds = xr.concat([t[group].to_dataset() for t in trees], dim="partition")
@@ -74,7 +82,7 @@ def reduce_batches(
         summary = summary.sort_values(["partition"], kind="stable").reset_index(drop=True)
         # Status can change after sampling (e.g. a refit); the table is the source of truth.
         summary["status"] = summary["partition"].map(lambda k: partitions[k]["status"])
-        write_tree(store, combine_trees([load_result(store, r["batch_id"]) for r in records], keep))
+        write_posterior(store, records, keep)
     else:
         store.remove("posterior.zarr")
     buffer = io.BytesIO()
@@ -98,11 +106,48 @@ def reduce_batches(
 
 
 def write_tree(store: Store, tree: xr.DataTree) -> None:
+    """A DataTree held in memory as ``posterior.zarr``."""
     with tempfile.TemporaryDirectory() as tmp:
         local = os.path.join(tmp, "posterior.zarr")
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="Consolidated metadata", category=UserWarning)
             tree.to_zarr(local, consolidated=True)
+        store.put_dir(local, "posterior.zarr")
+
+
+def write_posterior(store: Store, records: list[dict], keep: list[list[str]]) -> None:
+    """``posterior.zarr`` from the kept partitions of each batch (``keep[i]`` of ``records[i]``), sorted by key.
+
+    The store is created at full size from the first batch's layout (dask-backed, nothing
+    computed), then filled one ``CHUNK`` of sorted keys at a time by region writes; batch
+    results are read as chunks need them, the last few kept in memory.
+    """
+    where = {key: i for i, keys in enumerate(keep) for key in keys}
+    order = sorted(where)
+    batch = functools.lru_cache(maxsize=4)(lambda i: load_result(store, records[i]["batch_id"]))
+    with tempfile.TemporaryDirectory() as tmp:
+        local = os.path.join(tmp, "posterior.zarr")
+        layout = batch(where[order[0]])
+        for group in GROUPS:
+            template = xr.Dataset(
+                {name: (v.dims, dask.array.zeros((len(order), *v.shape[1:]), dtype=v.dtype,
+                                                 chunks=(CHUNK, *v.shape[1:])))
+                 for name, v in layout[group].to_dataset().data_vars.items()},
+                coords={"partition": np.asarray(order, dtype=str)},
+            )
+            template.to_zarr(local, group=group, mode="a", compute=False, consolidated=False)
+        for start in range(0, len(order), CHUNK):
+            keys = order[start : start + CHUNK]
+            sources = sorted({where[k] for k in keys})
+            for group in GROUPS:
+                pieces = [batch(i)[group].to_dataset().sel(partition=[k for k in keys if where[k] == i])
+                          for i in sources]
+                chunk = xr.concat(pieces, dim="partition").sel(partition=keys).drop_vars("partition")
+                chunk.to_zarr(local, group=group, region={"partition": slice(start, start + len(keys))},
+                              consolidated=False)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Consolidated metadata", category=UserWarning)
+            zarr.consolidate_metadata(local)
         store.put_dir(local, "posterior.zarr")
 
 
