@@ -157,6 +157,12 @@ def batch_program(model: Callable, cfg: SamplerConfig, args: tuple) -> Callable:
     return _PROGRAMS[signature]
 
 
+def clear_programs() -> None:
+    """Forget this process's programs, as a new process starts (the caches on disk stay)."""
+    _PROGRAMS.clear()
+    compiled_fit.cache_clear()
+
+
 def split_across_devices(*trees) -> list:
     """Equal slices of the leading (partition) axis, one per local device when there are several.
 
