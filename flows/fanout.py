@@ -65,12 +65,40 @@ def _runner(config: FitConfig):
     return ProcessPoolTaskRunner(max_workers=config.workers) if config.workers else ProcessPoolTaskRunner()
 
 
+class Runners:
+    """The ``local`` or ``dask`` task runner, kept open across a flow's rounds (fits, refits).
+
+    Starting one costs seconds (worker processes, imports), so rounds share it. A crash
+    breaks a process pool, so after one the next ``current()`` starts a fresh runner.
+    """
+
+    def __init__(self, config: FitConfig):
+        self._config, self._open, self._runner = config, contextlib.ExitStack(), None
+
+    def current(self):
+        if self._runner is None:
+            self._runner = self._open.enter_context(task_runner(self._config))
+        return self._runner
+
+    def discard(self) -> None:
+        self._open.close()
+        self._runner = None
+
+    def __enter__(self) -> "Runners":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.discard()
+
+
 def run_batches(
-    config: FitConfig, plans: list[BatchPlan], tags: tuple[str, ...] = (), on_settled=lambda plan, ok: None
+    config: FitConfig, plans: list[BatchPlan], tags: tuple[str, ...] = (), on_settled=lambda plan, ok: None,
+    runners: Runners | None = None,
 ) -> tuple[list[dict], dict]:
     """Run every batch on ``config.backend``; return (records in plan order, failures by batch id).
 
     ``on_settled(plan, ok)`` is called as each batch finishes for good (done, or failed).
+    ``runners`` (local and dask backends) is the flow's open task runner, if it keeps one.
     """
     if config.backend == "pool":
         from flows.pool import run_on_pool
@@ -80,13 +108,17 @@ def run_batches(
         from flows.awsbatch import run_on_aws_batch
 
         return run_on_aws_batch(config, plans)
-    return run_on_task_runner(config, plans, tags, on_settled)
+    if runners is None:
+        with Runners(config) as runners:
+            return run_on_task_runner(config, plans, runners, tags, on_settled)
+    return run_on_task_runner(config, plans, runners, tags, on_settled)
 
 
 def run_on_task_runner(
-    config: FitConfig, plans: list[BatchPlan], tags: tuple[str, ...] = (), on_settled=lambda plan, ok: None
+    config: FitConfig, plans: list[BatchPlan], runners: Runners, tags: tuple[str, ...] = (),
+    on_settled=lambda plan, ok: None,
 ) -> tuple[list[dict], dict]:
-    """Submit to a fresh task runner per round; a crashed round's unfinished batches go again."""
+    """Submit every plan; after a crash, the unfinished batches go again to a fresh runner."""
     store = Store(config.out)
     retrying = fit_batch_task.with_options(
         retries=config.max_retries, tags=list(tags),
@@ -95,26 +127,29 @@ def run_on_task_runner(
     records, failures, crashes = {}, {}, Counter()
     todo = list(plans)
     while todo:
-        with task_runner(config) as runner:
-            futures = [(plan, runner.submit(retrying, {"config": config, "plan": plan})) for plan in todo]
-            todo = []
-            for plan, future in futures:
-                outcome, value = _settle(future)
-                if outcome == "crashed" and (record := finished_record(store, plan)) is not None:
-                    outcome, value = "completed", record
-                if outcome == "completed":
-                    records[plan.batch_id] = value | {"interruptions": crashes[plan.batch_id]}
-                elif outcome == "failed":
-                    failures[plan.batch_id] = failure(plan, config.max_retries + 1, value)
-                elif crashes[plan.batch_id] < config.max_interruptions:
-                    crashes[plan.batch_id] += 1
-                    todo.append(plan)
-                else:
-                    failures[plan.batch_id] = failure(
-                        plan, config.max_retries + 1, f"interrupted {crashes[plan.batch_id] + 1} times; last: {value}"
-                    )
-                if plan.batch_id in records or plan.batch_id in failures:
-                    on_settled(plan, plan.batch_id in records)
+        runner = runners.current()
+        futures = [(plan, runner.submit(retrying, {"config": config, "plan": plan})) for plan in todo]
+        todo, crashed = [], False
+        for plan, future in futures:
+            outcome, value = _settle(future)
+            crashed = crashed or outcome == "crashed"
+            if outcome == "crashed" and (record := finished_record(store, plan)) is not None:
+                outcome, value = "completed", record
+            if outcome == "completed":
+                records[plan.batch_id] = value | {"interruptions": crashes[plan.batch_id]}
+            elif outcome == "failed":
+                failures[plan.batch_id] = failure(plan, config.max_retries + 1, value)
+            elif crashes[plan.batch_id] < config.max_interruptions:
+                crashes[plan.batch_id] += 1
+                todo.append(plan)
+            else:
+                failures[plan.batch_id] = failure(
+                    plan, config.max_retries + 1, f"interrupted {crashes[plan.batch_id] + 1} times; last: {value}"
+                )
+            if plan.batch_id in records or plan.batch_id in failures:
+                on_settled(plan, plan.batch_id in records)
+        if crashed:
+            runners.discard()  # a crash breaks a process pool: the next pass starts a fresh one
     return [records[p.batch_id] for p in plans if p.batch_id in records], failures
 
 

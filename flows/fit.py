@@ -18,7 +18,7 @@ import bayesfan
 from bayesfan.config import FitConfig
 from bayesfan.result import FitFailed, FitResult
 from bayesfan.storage import Store
-from flows.fanout import run_batches
+from flows.fanout import Runners, run_batches
 from flows.progress import Progress
 from models import resolve_model
 from tasks.load import check_columns, fingerprint, read_table
@@ -46,16 +46,18 @@ def fit_partitions(config: FitConfig) -> FitResult:
 
     warm = load_previous(config.warm_start, sorted(parts), config.chains) if config.warm_start else None
     prefix = artifact_prefix(config.model)
-    records, failures, reused, total = sample_round(store, config, parts, warm, tags, prefix)
-    for round_ in range(1, config.max_refits + 1):
-        unconverged = {k: parts[k] for r in records for k, v in r["partitions"].items() if v["status"] == "unconverged"}
-        if not unconverged:
-            break
-        more, more_failures, more_reused, more_total = sample_round(
-            store, config.refit(round_), unconverged, None, tags, prefix
-        )
-        records, failures = records + more, failures | more_failures
-        reused, total = reused + more_reused, total + more_total
+    with Runners(config) as runners:
+        records, failures, reused, total = sample_round(store, config, parts, warm, tags, prefix, runners)
+        for round_ in range(1, config.max_refits + 1):
+            unconverged = {k: parts[k] for r in records for k, v in r["partitions"].items()
+                           if v["status"] == "unconverged"}
+            if not unconverged:
+                break
+            more, more_failures, more_reused, more_total = sample_round(
+                store, config.refit(round_), unconverged, None, tags, prefix, runners
+            )
+            records, failures = records + more, failures | more_failures
+            reused, total = reused + more_reused, total + more_total
     sample_done = time.time()
 
     header = {
@@ -81,7 +83,9 @@ def fit_partitions(config: FitConfig) -> FitResult:
     return result
 
 
-def sample_round(store: Store, config: FitConfig, parts: dict, warm, tags, prefix: str) -> tuple[list, dict, int, int]:
+def sample_round(
+    store: Store, config: FitConfig, parts: dict, warm, tags, prefix: str, runners: Runners
+) -> tuple[list, dict, int, int]:
     """Plan ``parts`` into batches, write their inputs, reuse finished ones and run the rest."""
     hashes = warm_hashes(warm) if warm is not None else {}
     plans = plan_batches(parts, config.batch_size, config.fingerprint_fields(), hashes)
@@ -92,7 +96,8 @@ def sample_round(store: Store, config: FitConfig, parts: dict, warm, tags, prefi
     reused = [r for p in plans if (r := finished_record(store, p)) is not None]
     done = {r["batch_id"] for r in reused}
     tracker = Progress(prefix, plans, done)
-    records, failures = run_batches(config, [p for p in plans if p.batch_id not in done], tags, tracker.settled)
+    records, failures = run_batches(config, [p for p in plans if p.batch_id not in done], tags, tracker.settled,
+                                    runners)
     by_id = {r["batch_id"]: r for r in reused + records}
     return [by_id[p.batch_id] for p in plans if p.batch_id in by_id], failures, len(reused), len(plans)
 
