@@ -15,8 +15,8 @@ BAYESFAN = [sys.executable, "-m", "bayesfan.cli"]
 SMALL = ["--chains", "2", "--warmup", "100", "--draws", "100", "--workers", "1", "--no-report"]
 
 
-def run(*args: str, cwd=None) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k != "PREFECT_LOGGING_LEVEL"}
+def run(*args: str, cwd=None, **env) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_LOGGING_LEVEL"} | env
     return subprocess.run([*BAYESFAN, *args], capture_output=True, text=True, cwd=cwd, env=env, timeout=600)
 
 
@@ -46,12 +46,15 @@ def test_simulate_writes_data_and_truth(simulated):
 
 
 def test_fit_succeeds_with_exit_0_and_inspect_reads_the_artifact(simulated, tmp_path):
+    """On the ephemeral default (no ``PREFECT_API_URL``), as a first-time user runs it."""
     out = tmp_path / "out"
     done = run("fit", "--data", str(simulated), "--model", "linear_regression", "--partition-by", "partition",
-               "--out", str(out), "--json", *SMALL)
+               "--out", str(out), "--json", *SMALL, PREFECT_API_URL="", PREFECT_LOGGING_LEVEL="INFO")
     assert done.returncode == 0, done.stderr
     summary = json.loads(done.stdout.strip().splitlines()[-1])
     assert summary["counts"]["total"] == 3 and summary["counts"]["failed"] == 0
+    # the batch workers (a fit round and a refit round) use the flow's server, not servers of their own
+    assert done.stderr.count("Starting temporary server") == 1, done.stderr
     shown = run("inspect", str(out))
     assert shown.returncode == 0 and "partitions: 3" in shown.stdout and "worst:" in shown.stdout
 
