@@ -16,6 +16,7 @@ milliseconds; editing a model, a helper it calls, or the engine changes the key.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import re
@@ -62,12 +63,21 @@ def load_or_export(jitted: Callable, key: str, args: tuple, directory: str) -> C
             exported = export.deserialize(bytearray(f.read()))
     except (OSError, ValueError, struct.error):  # missing, or unreadable: trace it again
         exported = export.export(jitted)(*args)
-        os.makedirs(directory, exist_ok=True)
-        partial = f"{path}.{uuid.uuid4().hex}.tmp"
-        with open(partial, "wb") as f:
-            f.write(exported.serialize())
-        os.replace(partial, path)
+        _store(exported.serialize(), path)
     return jax.jit(exported.call)
+
+
+def _store(data: bytes, path: str) -> None:
+    """Write ``data`` to ``path`` atomically; best effort: a full or read-only disk only costs a trace."""
+    partial = f"{path}.{uuid.uuid4().hex}.tmp"
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(partial, "wb") as f:
+            f.write(data)
+        os.replace(partial, path)
+    except OSError:
+        with contextlib.suppress(OSError):
+            os.remove(partial)
 
 
 def _density(model: Callable, key, data: dict):
