@@ -17,6 +17,8 @@ log-likelihood is logsumexp_k alpha_{T-1}(k).
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 from jax import lax
@@ -45,26 +47,53 @@ def step_matrices(log_trans: jax.Array, log_emit: jax.Array, mask: jax.Array) ->
 def log_likelihood(log_init, log_trans, log_emit, mask) -> jax.Array:
     """log p(y_0..y_{T-1}) = logsumexp_k alpha_{T-1}(k), by the forward recursion.
 
-    A sequential ``lax.scan`` in log space. Measured on CPU at T = 5,040, per
-    series-gradient: it beat a pairwise tree reduction of the M_t (4x slower), a
-    probability-space scan with per-step rescaling and every logarithm outside the loop
-    (673 against 568 µs at 64 series: the loop is not bound by its exp/log), and
-    ``unroll`` = 4 to 32 (within noise, longer compiles).
+    A sequential ``lax.scan`` in log space whose body has the state axis unrolled
+    (``_forward_step``). Measured on CPU at T = 5,040, per series-gradient: 131 µs at
+    64 series against 231 µs for the same scan over (K, K) arrays; the unrolled scan
+    also beat a probability-space scan with per-step rescaling (320 µs), a blocked
+    scan (the products of sqrt(T) blocks of M_t, then across the blocks: 720 µs) and
+    a pairwise tree reduction of the M_t (slower still).
     """
-    return jax.nn.logsumexp(forward(log_init, log_trans, log_emit, mask)[-1])
+    alpha, _ = lax.scan(_forward_step, _alpha0(log_init, log_emit, mask), _columns(log_trans, log_emit, mask))
+    return _logsumexp(alpha)
 
 
 def forward(log_init, log_trans, log_emit, mask) -> jax.Array:
-    """All forward vectors alpha_t (T, K) by a sequential ``lax.scan`` (the textbook recursion)."""
+    """All forward vectors alpha_t (T, K), by the same scan as ``log_likelihood``."""
+    alpha0 = _alpha0(log_init, log_emit, mask)
+    _, alphas = lax.scan(_forward_step, alpha0, _columns(log_trans, log_emit, mask))
+    return jnp.concatenate([jnp.stack(alpha0)[None], jnp.stack(alphas, axis=-1)])
+
+
+def _alpha0(log_init, log_emit, mask) -> tuple:
     alpha0 = jnp.where(mask[0], log_init + log_emit[0], log_init)
+    return tuple(alpha0[k] for k in range(alpha0.shape[0]))
+
+
+def _columns(log_trans, log_emit, mask) -> tuple:
+    """The step matrices as K x K series of scalars: ``[j][k]`` is M_t[j, k] over t = 1..T-1."""
     m = step_matrices(log_trans, log_emit, mask)
+    k = m.shape[-1]
+    return tuple(tuple(m[:, j, i] for i in range(k)) for j in range(k))
 
-    def step(alpha, m_t):
-        alpha = log_matmul(alpha[None, :], m_t)[0]
-        return alpha, alpha
 
-    _, alphas = lax.scan(step, alpha0, m)
-    return jnp.concatenate([alpha0[None], alphas])
+def _forward_step(alpha: tuple, m_t: tuple) -> tuple:
+    """alpha_t(k) = logsumexp_j(alpha_{t-1}(j) + M_t[j, k]), one scalar per state.
+
+    Unrolling the (small) state axis makes every operation in the loop elementwise,
+    so under the sampler's ``vmap`` each one is a single vector operation over the
+    batch's series instead of a reduction over tiny (K, K) blocks.
+    """
+    k = len(alpha)
+    new = tuple(_logsumexp([alpha[j] + m_t[j][i] for j in range(k)]) for i in range(k))
+    return new, new
+
+
+def _logsumexp(xs) -> jax.Array:
+    """log sum_i exp(xs_i) of same-shape arrays, shifted by their (constant for autodiff) maximum."""
+    top = functools.reduce(jnp.maximum, xs)
+    top = lax.stop_gradient(jnp.where(jnp.isfinite(top), top, 0.0))
+    return top + jnp.log(sum(jnp.exp(x - top) for x in xs))
 
 
 def state_probabilities(log_init, log_trans, log_emit, mask) -> jax.Array:
