@@ -29,7 +29,6 @@ from __future__ import annotations
 import functools
 import inspect
 import os
-import sys
 import zlib
 from typing import Callable, NamedTuple
 
@@ -142,7 +141,8 @@ def fit_batch(
 
 
 _PROGRAMS: dict = {}
-_SOURCE = inspect.getsource(sys.modules[__name__])
+#: The code the program is traced from, hashed into its key (other edits of this module keep stored programs).
+_SOURCE = inspect.getsource(run_chain) + inspect.getsource(compiled_fit)
 
 
 def batch_program(model: Callable, cfg: SamplerConfig, args: tuple) -> Callable:

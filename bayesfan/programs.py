@@ -9,9 +9,10 @@ compiles it from the compilation cache, without tracing.
 
 The file name is a hash of everything that determines the program (``program_key``):
 the jaxpr of the model's log density and initialisation on one partition (and its
-constants), the sampler settings, the arguments' shapes and dtypes, the engine's
-source and the jax, jaxlib and numpyro versions. Tracing that jaxpr costs tens of
-milliseconds; editing a model, a helper it calls, or the engine changes the key.
+constants), the sampler settings, the arguments' shapes and dtypes, the source of the
+engine's ``run_chain`` and ``compiled_fit``, and the jax, jaxlib and numpyro versions.
+Tracing that jaxpr costs tens of milliseconds; editing a model, a helper it calls, or
+the engine's chain changes the key.
 """
 
 from __future__ import annotations
@@ -38,7 +39,8 @@ def program_key(model: Callable, source: str, settings: object, args: tuple) -> 
     """sha256 naming the program ``jit(vmap(vmap(chain)))`` of ``model`` for ``args``.
 
     ``args`` is ``(keys, data, warm)`` with leading ``(partition, ...)`` axes;
-    ``source`` is the engine's source, ``settings`` its static configuration.
+    ``source`` is the source of the engine code that builds the program, ``settings`` its
+    static configuration.
     """
     digest = hashlib.sha256()
     for part in (jax.__version__, jaxlib.__version__, numpyro.__version__, jax.default_backend(),
