@@ -23,6 +23,7 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__.split
 
 USAGE_ERRORS = (
     "DataError", "ModelNotFound", "ValidationError", "UsageError", "BadParameter", "StorageError", "IncompleteArtifact",
+    "ConfigFileError",
 )
 
 
@@ -37,6 +38,8 @@ def _fail(exc: BaseException, debug: bool) -> None:
 def _pydantic_line(exc) -> str:
     first = exc.errors()[0]
     where = ".".join(map(str, first["loc"])) or "config"
+    if first["type"] == "missing":
+        return f"missing required setting {where!r}"
     return f"invalid {where}: {first['msg']} (got {first.get('input')!r})"
 
 
@@ -81,11 +84,17 @@ def simulate(
 
 @app.command()
 def fit(
-    data: str = typer.Option(..., "--data", help="Parquet or CSV: a local path or fsspec URL (s3://...)"),
-    model: str = typer.Option(..., "--model", help="registered model name, or module.path:object"),
+    ctx: typer.Context,
+    config_file: Optional[str] = typer.Option(None, "--config", help="YAML, JSON or TOML file of FitConfig fields "
+                                              "(docs/configuration.md); flags given here override it"),
+    data: Optional[str] = typer.Option(None, "--data", help="Parquet or CSV: a local path or fsspec URL (s3://...) "
+                                       "[required, here or in --config]"),
+    model: Optional[str] = typer.Option(None, "--model", help="registered model name, or module.path:object "
+                                        "[required, here or in --config]"),
     partition_by: str = typer.Option("", "--partition-by", help="comma-separated partition key columns "
                                      "(required in partition mode)"),
-    out: str = typer.Option(..., "--out", help="artifact directory: local path or s3://bucket/prefix"),
+    out: Optional[str] = typer.Option(None, "--out", help="artifact directory: local path or s3://bucket/prefix "
+                                      "[required, here or in --config]"),
     chains: int = typer.Option(4, help="NUTS chains per partition"),
     warmup: int = typer.Option(500, help="warmup iterations per chain"),
     draws: int = typer.Option(500, help="kept draws per chain"),
@@ -127,12 +136,11 @@ def fit(
 
     if debug:
         os.environ["PREFECT_LOGGING_LEVEL"] = "INFO"
-    fields = dict(locals())
+    # Only flags given on the command line override the config file (typer vendors click's ParameterSource).
+    flags = {k: v for k, v in locals().items()
+             if k in FitConfig.model_fields and ctx.get_parameter_source(k).name != "DEFAULT"}
     try:
-        config = FitConfig(
-            **{k: v for k, v in fields.items() if k in FitConfig.model_fields and v is not None},
-            model_options=_parse_options(model_option),
-        )
+        config = _fit_config(config_file, flags, _parse_options(model_option))
         _preflight(config, resolve_model(config.model, config.model_options))
         from flows.fit import run_fit
 
@@ -145,6 +153,27 @@ def fit(
     except Exception as exc:  # noqa: BLE001 - one line unless --debug
         _fail(exc, debug)
     _report(result, as_json)
+
+
+def _fit_config(path: str | None, flags: dict, model_options: dict):
+    """``FitConfig`` from the file at ``path`` (if any) with the command line's ``flags`` laid over it.
+
+    An invalid value that came from the file is reported with the file's name.
+    """
+    from pydantic import ValidationError
+
+    from bayesfan.config import ConfigFileError, FitConfig, read_settings
+
+    settings = read_settings(path) if path else {}
+    merged = settings | flags
+    merged["model_options"] = {**(settings.get("model_options") or {}), **model_options}
+    try:
+        return FitConfig(**merged)
+    except ValidationError as exc:
+        where = exc.errors()[0]["loc"][:1]
+        if where and where[0] in settings and where[0] not in flags:
+            raise ConfigFileError(f"{path}: {_pydantic_line(exc)}") from None
+        raise
 
 
 @app.command("batch-child")

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-
+import tomllib
 from typing import Literal
+
+import fsspec
+import yaml
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -101,3 +104,29 @@ class FitConfig(BaseModel):
         """The run's id: the same fit config and input data give the same id."""
         blob = json.dumps([self.fingerprint_fields(), data_fingerprint], sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:12]
+
+
+class ConfigFileError(ValueError):
+    """A settings file that cannot be read or parsed; the message names the file."""
+
+
+def read_settings(path: str) -> dict:
+    """The mapping of ``FitConfig`` fields in a YAML (.yaml, .yml), JSON or TOML file (local or fsspec URL).
+
+    Not validated here: ``FitConfig(**read_settings(path))`` does that, and the CLI
+    lays its flags over the file first.
+    """
+    parse = {".json": json.loads, ".toml": tomllib.loads, ".yaml": yaml.safe_load, ".yml": yaml.safe_load}
+    suffix = "." + path.rsplit(".", 1)[-1].lower() if "." in path else ""
+    if suffix not in parse:
+        raise ConfigFileError(f"{path}: unknown config format {suffix or '(no suffix)'!r}; use .yaml, .json or .toml")
+    try:
+        with fsspec.open(path, "r", encoding="utf-8") as f:
+            settings = parse[suffix](f.read())
+    except FileNotFoundError:
+        raise ConfigFileError(f"{path}: no such file") from None
+    except (ValueError, yaml.YAMLError) as exc:  # JSONDecodeError and TOMLDecodeError are ValueErrors
+        raise ConfigFileError(f"{path}: not valid {suffix[1:].upper()}: {' '.join(str(exc).split())}") from None
+    if not isinstance(settings, dict):
+        raise ConfigFileError(f"{path}: expected a mapping of FitConfig fields, got {type(settings).__name__}")
+    return settings

@@ -10,9 +10,26 @@ SYMBOLS = {"Ge": "≥", "Gt": ">", "Le": "≤", "Lt": "<"}
 HEADER = """# Configuration reference
 
 Generated from `bayesfan.config.FitConfig` by `python -m bayesfan.configdoc > docs/configuration.md`
-(a test fails when this file is stale). Every field is a `bayesfan fit` option
-(`partition_by` is `--partition-by`, `model_options` is `--model-option KEY=VALUE`), a
-parameter of the `fit-partitions` deployment form, and a keyword of `FitConfig(...)`.
+(a test fails when this file is stale). Every field is a key of the settings file that
+`bayesfan fit --config FILE` reads (YAML, JSON or TOML; flags given on the command line
+override it), a parameter of the `fit-partitions` deployment form, and a keyword of
+`FitConfig(...)` (`FitConfig(**read_settings("fit.yaml"))` in a notebook, with
+`bayesfan.config.read_settings`). Most fields are also flags: `partition_by` is
+`--partition-by`, `model_options` is `--model-option KEY=VALUE`; `target_accept`,
+`max_tree_depth`, `retry_delay`, `max_divergence_rate`, `rhat_max` and `ess_min` are set
+in the file only.
+
+```yaml
+# fit.yaml: bayesfan fit --config fit.yaml [--flags that override it]
+data: s3://viewing/hourly.parquet
+model: poisson_zero_hmm
+partition_by: [market, network, daypart]
+out: s3://viewing/posteriors/2026-12-05
+model_options: {hour_of_day: true}
+warmup: 1000
+draws: 1000
+target_accept: 0.9
+```
 
 | field | type | default | bounds | description |
 | --- | --- | --- | --- | --- |

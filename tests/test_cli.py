@@ -46,11 +46,17 @@ def test_simulate_writes_data_and_truth(simulated):
 
 
 def test_fit_succeeds_with_exit_0_and_inspect_reads_the_artifact(simulated, tmp_path):
-    """On the ephemeral default (no ``PREFECT_API_URL``), as a first-time user runs it."""
+    """On the ephemeral default (no ``PREFECT_API_URL``), as a first-time user runs it; settings from
+    a config file, with the flags given on the command line overriding it."""
     out = tmp_path / "out"
-    done = run("fit", "--data", str(simulated), "--model", "linear_regression", "--partition-by", "partition",
-               "--out", str(out), "--json", *SMALL, PREFECT_API_URL="", PREFECT_LOGGING_LEVEL="INFO")
+    settings = tmp_path / "fit.yaml"
+    settings.write_text("model: linear_regression\npartition_by: [partition]\ntarget_accept: 0.85\nchains: 3\n")
+    done = run("fit", "--config", str(settings), "--data", str(simulated), "--out", str(out), "--json", *SMALL,
+               PREFECT_API_URL="", PREFECT_LOGGING_LEVEL="INFO")
     assert done.returncode == 0, done.stderr
+    config = json.loads((out / "manifest.json").read_text())["config"]
+    assert (config["model"], config["partition_by"], config["target_accept"]) == ("linear_regression", ["partition"], 0.85)
+    assert config["chains"] == 2  # --chains 2 overrides the file's 3
     summary = json.loads(done.stdout.strip().splitlines()[-1])
     assert summary["counts"]["total"] == 3 and summary["counts"]["failed"] == 0
     # the batch workers (a fit round and a refit round) use the flow's server, not servers of their own
@@ -74,6 +80,30 @@ def test_bad_input_exits_2_with_one_line(simulated, tmp_path, args, message):
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], done.stderr
     assert "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize(
+    "name, text, message",
+    [
+        ("fit.json", '{"chains": 0}', "fit.json: invalid chains"),
+        ("fit.toml", "chains = [", "fit.toml: not valid TOML"),
+        ("fit.yaml", "- a list", "fit.yaml: expected a mapping"),
+        ("fit.ini", "chains=2", "fit.ini: unknown config format '.ini'"),
+        ("fit.yaml", "chainz: 2", "fit.yaml: invalid chainz: Extra inputs are not permitted"),
+    ],
+)
+def test_bad_config_file_exits_2_naming_the_file(simulated, tmp_path, name, text, message):
+    (tmp_path / name).write_text(text)
+    done = run("fit", "--config", str(tmp_path / name), "--data", str(simulated), "--model", "linear_regression",
+               "--partition-by", "partition", "--out", str(tmp_path / "o"))
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], done.stderr
+
+
+def test_missing_required_setting_is_named(tmp_path):
+    done = run("fit", "--model", "linear_regression", "--partition-by", "p", "--out", str(tmp_path / "o"))
+    assert done.returncode == 2 and "error: missing required setting 'data'" in done.stderr
 
 
 def test_missing_file_exits_2_naming_the_file(tmp_path):
