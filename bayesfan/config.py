@@ -51,6 +51,13 @@ class FitConfig(BaseModel):
     max_in_flight: int = Field(64, ge=1, le=100_000, description="pool/batch backends: most batches running at once")
     job_queue: str | None = Field(None, description="batch backend: AWS Batch job queue")
     job_definition: str | None = Field(None, description="batch backend: AWS Batch job definition")
+    poll_seconds: float | None = Field(
+        None, gt=0.0, le=3600.0, description="pool/batch backends: seconds between status polls (default 2 and 30)"
+    )
+    result_wait_seconds: float = Field(
+        120.0, ge=0.0, le=86_400.0, description="batch backend: how long a SUCCEEDED child's result may take to "
+        "appear in storage before the batch counts as failed"
+    )
     max_interruptions: int = Field(
         5, ge=0, le=100, description="resubmissions of a batch whose worker crashed or was interrupted (Spot)"
     )

@@ -16,8 +16,8 @@ override it), a parameter of the `fit-partitions` deployment form, and a keyword
 `FitConfig(...)` (`FitConfig(**read_settings("fit.yaml"))` in a notebook, with
 `bayesfan.config.read_settings`). Most fields are also flags: `partition_by` is
 `--partition-by`, `model_options` is `--model-option KEY=VALUE`; `target_accept`,
-`max_tree_depth`, `retry_delay`, `max_divergence_rate`, `rhat_max` and `ess_min` are set
-in the file only.
+`max_tree_depth`, `retry_delay`, `max_divergence_rate`, `rhat_max`, `ess_min`,
+`poll_seconds` and `result_wait_seconds` are set in the file only.
 
 ```yaml
 # fit.yaml: bayesfan fit --config fit.yaml [--flags that override it]

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import time
 from pathlib import PurePosixPath
 
@@ -23,9 +22,8 @@ from tasks.awsbatch import run_children
 from tasks.sample import finished_record
 from tasks.split import BatchPlan
 
-#: How long to wait for a SUCCEEDED child's result to verify in storage, and how often to poll Batch.
-RESULT_WAIT_SECONDS = float(os.environ.get("BAYESFAN_BATCH_RESULT_WAIT_SECONDS", "120"))
-POLL_SECONDS = float(os.environ.get("BAYESFAN_BATCH_POLL_SECONDS", "30"))
+#: Seconds between polls of AWS Batch unless ``FitConfig.poll_seconds`` says otherwise.
+POLL_SECONDS = 30.0
 
 
 def write_spec(config: FitConfig, plans: list[BatchPlan]) -> str:
@@ -53,11 +51,11 @@ def run_on_aws_batch(config: FitConfig, plans: list[BatchPlan]) -> tuple[list[di
     statuses = run_children(
         client, "bayesfan-" + PurePosixPath(spec_url).stem.removeprefix("spec-"), config.job_queue,
         config.job_definition, len(plans),
-        {"BAYESFAN_SPEC": spec_url}, rounds=1 + config.max_interruptions, poll_seconds=POLL_SECONDS,
+        {"BAYESFAN_SPEC": spec_url}, rounds=1 + config.max_interruptions, poll_seconds=config.poll_seconds or POLL_SECONDS,
     )
     store = Store(config.out)
     records, failures = {}, {}
-    deadline = time.monotonic() + RESULT_WAIT_SECONDS
+    deadline = time.monotonic() + config.result_wait_seconds
     for index, plan in enumerate(plans):
         record = finished_record(store, plan)
         while record is None and statuses.get(index) == "SUCCEEDED" and time.monotonic() < deadline:

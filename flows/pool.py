@@ -28,6 +28,7 @@ from tasks.sample import finished_record
 from tasks.split import BatchPlan
 
 DEPLOYMENT = "fit-batch/fit-batch"
+#: Seconds between polls of the in-flight flow runs unless ``FitConfig.poll_seconds`` says otherwise.
 POLL_SECONDS = 2.0
 
 
@@ -49,7 +50,7 @@ def run_on_pool(config: FitConfig, plans: list[BatchPlan], on_settled=lambda pla
                                 "attempt": attempt},
                 )
                 in_flight[run.id] = plan
-            time.sleep(POLL_SECONDS)
+            time.sleep(config.poll_seconds or POLL_SECONDS)
             runs = client.read_flow_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=list(in_flight))))
             for run in runs:
                 if run.state is None or not run.state.is_final():

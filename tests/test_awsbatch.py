@@ -209,15 +209,15 @@ def test_fit_on_the_batch_backend_end_to_end(moto, batch_queue, tmp_path):  # no
     frame, _ = resolve_model("linear_regression").simulate(np.random.default_rng(2), 3, 30)
     frame.to_parquet(tmp_path / "data.parquet", index=False)
     bin_dir = Path(sys.executable).parent
-    env = {**os.environ, "AWS_ENDPOINT_URL": moto, "BAYESFAN_BATCH_POLL_SECONDS": "0.5",
-           "BAYESFAN_BATCH_RESULT_WAIT_SECONDS": "600"}
+    env = {**os.environ, "AWS_ENDPOINT_URL": moto}
+    (tmp_path / "fit.toml").write_text("poll_seconds = 0.5\nresult_wait_seconds = 600\n")
     env.pop("PREFECT_API_URL", None)
     out = tmp_path / "out"
     parent = subprocess.Popen(  # noqa: S603 - fixed argv
         [str(bin_dir / "bayesfan"), "fit", "--data", str(tmp_path / "data.parquet"), "--model", "linear_regression",
          "--partition-by", "partition", "--out", str(out), "--backend", "batch", "--job-queue", queue,
          "--job-definition", definition, "--batch-size", "1", "--chains", "2", "--warmup", "100", "--draws", "100",
-         "--max-refits", "0", "--no-report", "--json"],
+         "--max-refits", "0", "--no-report", "--json", "--config", str(tmp_path / "fit.toml")],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
     try:
