@@ -273,7 +273,7 @@ def demo(out: Path = typer.Option(Path("demo-out"), "--out", help="where to writ
 
 @app.command()
 def bench(
-    suite: str = typer.Argument(..., help="small, hmm, fanout, consensus or all"),
+    suite: str = typer.Argument(..., help="small, hmm, forward, fanout, consensus or all"),
     json_path: Optional[Path] = typer.Option(None, "--json", help="write every figure as JSON to this file"),
     quick: bool = typer.Option(False, "--quick", help="tiny sizes: checks the suite runs, not how fast"),
 ):

@@ -1,7 +1,8 @@
 """``bayesfan bench SUITE`` runs every system of a suite on one machine.
 
 Suites: ``small`` (bayesfan against stock NumPyro and PyMC), ``hmm`` (Ampersand's
-viewing HMM, cold and warm-started), ``fanout`` (orchestration cost only),
+viewing HMM, cold and warm-started), ``forward`` (its forward pass, five ways),
+``fanout`` (orchestration cost only),
 ``consensus`` (consensus mode's accuracy against full NUTS and posteriordb).
 Each suite module has ``run(quick: bool) -> dict``; ratios are the results,
 absolute seconds are context.
@@ -13,7 +14,7 @@ import importlib
 import json
 from pathlib import Path
 
-SUITES = ("small", "hmm", "fanout", "consensus")
+SUITES = ("small", "hmm", "forward", "fanout", "consensus")
 
 
 def run_suites(suite: str, quick: bool = False, json_path: Path | None = None) -> dict:

@@ -98,6 +98,16 @@ def markdown(results: dict) -> str:
             "warm start: equal quality": h["warm_equal_quality"],
         }
         out += [f"| {k} | {_fmt(v)} |" for k, v in rows.items()]
+    if "forward" in results:
+        f = results["forward"]
+        batches = list(next(iter(f["us_per_series_gradient"].values())))
+        out += ["", f"| forward pass (T = {f['length']:,}) | " + " | ".join(f"µs per series-gradient at {b}"
+                                                                        for b in batches)
+                + f" | time / unrolled at {f['ratio_batch']} | max \\|Δ log p(y)\\| |",
+                "|---|" + "---|" * (len(batches) + 2)]
+        for name, times in f["us_per_series_gradient"].items():
+            out.append(f"| {name} | " + " | ".join(_fmt(times[b]) for b in batches)
+                       + f" | {f['slowdown_vs_unrolled'][name]:.2f} | {f['max_abs_loglik_diff'][name]:.2g} |")
     if "fanout" in results:
         out += ["", "| fanout: partitions | wall s | CPU s | client peak RSS MiB | batches | task runs |",
                 "|---|---|---|---|---|---|"]

@@ -119,3 +119,13 @@ def test_headline_marks_targets_met_and_missed():
     results = {"small": small}
     lines = headline(results)
     assert lines[0].endswith("met)") and "n/a" in lines[1] and lines[2].endswith("missed)")
+
+
+@pytest.mark.slow
+def test_forward_quick_every_variant_computes_the_shipped_likelihood(tmp_path):
+    forward = run_quick("forward", tmp_path)["forward"]
+    assert set(forward["us_per_series_gradient"]) == {"unrolled", "matrix", "probability", "associative", "blocked"}
+    for name, diff in forward["max_abs_loglik_diff"].items():
+        assert diff < 1e-2, name  # log p(y) is about -300 at T = 168
+        assert all(positive(t) for t in forward["us_per_series_gradient"][name].values()), name
+    assert forward["slowdown_vs_unrolled"]["unrolled"] == 1.0
