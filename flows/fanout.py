@@ -8,7 +8,10 @@ Nextflow's ``maxRetries``/``maxSpotAttempts``:
   ``config.max_retries`` times with exponential backoff;
 * crashes and interruptions (a killed worker process, a broken pool, a Spot
   reclaim), which Prefect never retries, are resubmitted here, up to
-  ``config.max_interruptions`` times.
+  ``config.max_interruptions`` times. A worker's death breaks a process pool and
+  crashes every batch not yet done, so only the batches that had reached a worker
+  (``tasks.sample.was_started``) are charged; the others go again for free, unless
+  none of the crashed batches had started (a runner that runs nothing).
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from prefect.tasks import exponential_backoff
 
 from bayesfan.config import FitConfig
 from bayesfan.storage import Store
-from tasks.sample import finished_record, sample_batch
+from tasks.sample import finished_record, mark_started, sample_batch, was_started
 from tasks.split import BatchPlan
 
 
@@ -35,8 +38,9 @@ def _batch_run_name() -> str:
 
 
 @task(name="fit-batch", task_run_name=_batch_run_name)
-def fit_batch_task(config: FitConfig, plan: BatchPlan) -> dict:
+def fit_batch_task(config: FitConfig, plan: BatchPlan, submission: int = 0) -> dict:
     """One batch as a Prefect task; the flow sets its retries."""
+    mark_started(Store(config.out), plan, submission)
     return sample_batch(config, plan, attempt=max(1, task_run.run_count))
 
 
@@ -125,31 +129,37 @@ def run_on_task_runner(
         retry_delay_seconds=exponential_backoff(backoff_factor=config.retry_delay) if config.max_retries else 0,
     )
     records, failures, crashes = {}, {}, Counter()
-    todo = list(plans)
+    todo, submission = list(plans), 0
     while todo:
         runner = runners.current()
-        futures = [(plan, runner.submit(retrying, {"config": config, "plan": plan})) for plan in todo]
-        todo, crashed = [], False
+        futures = [(plan, runner.submit(retrying, {"config": config, "plan": plan, "submission": submission}))
+                   for plan in todo]
+        todo, crashed = [], {}
         for plan, future in futures:
             outcome, value = _settle(future)
-            crashed = crashed or outcome == "crashed"
             if outcome == "crashed" and (record := finished_record(store, plan)) is not None:
                 outcome, value = "completed", record
             if outcome == "completed":
                 records[plan.batch_id] = value | {"interruptions": crashes[plan.batch_id]}
             elif outcome == "failed":
                 failures[plan.batch_id] = failure(plan, config.max_retries + 1, value)
-            elif crashes[plan.batch_id] < config.max_interruptions:
-                crashes[plan.batch_id] += 1
+            else:
+                crashed[plan.batch_id] = (plan, value)
+                continue
+            on_settled(plan, plan.batch_id in records)
+        charged = {k for k, (plan, _) in crashed.items() if was_started(store, plan, submission)} or set(crashed)
+        for key, (plan, reason) in crashed.items():
+            if key not in charged:
+                todo.append(plan)
+            elif crashes[key] < config.max_interruptions:
+                crashes[key] += 1
                 todo.append(plan)
             else:
-                failures[plan.batch_id] = failure(
-                    plan, config.max_retries + 1, f"interrupted {crashes[plan.batch_id] + 1} times; last: {value}"
-                )
-            if plan.batch_id in records or plan.batch_id in failures:
-                on_settled(plan, plan.batch_id in records)
+                failures[key] = failure(plan, config.max_retries + 1, f"interrupted {crashes[key] + 1} times; last: {reason}")
+                on_settled(plan, False)
         if crashed:
             runners.discard()  # a crash breaks a process pool: the next pass starts a fresh one
+        submission += 1
     return [records[p.batch_id] for p in plans if p.batch_id in records], failures
 
 

@@ -6,6 +6,7 @@ Files of a finished batch, under ``<out>/batches/<batch_id>/``:
 batch), ``result.zarr.zip`` (a DataTree with groups
 ``posterior``, ``sample_stats`` and ``adaptation``), ``summary.parquet``, and
 ``done.json`` last, which holds the others' sha256 and makes the batch count as done.
+``started-<n>`` (empty) records that submission n of the batch reached a worker.
 """
 
 from __future__ import annotations
@@ -73,6 +74,15 @@ def to_datatree(out: ChainOutput, partitions: list[str]) -> xr.DataTree:
             "adaptation": dataset(adaptation, ("partition", "chain")),
         }
     )
+
+
+def mark_started(store: Store, plan: BatchPlan, submission: int) -> None:
+    """Record that submission ``submission`` of ``plan`` reached a worker."""
+    store.write_bytes(b"", "batches", plan.batch_id, f"started-{submission}")
+
+
+def was_started(store: Store, plan: BatchPlan, submission: int) -> bool:
+    return store.exists("batches", plan.batch_id, f"started-{submission}")
 
 
 def sample_batch(config: FitConfig, plan: BatchPlan, attempt: int = 1) -> dict:

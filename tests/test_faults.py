@@ -27,8 +27,8 @@ def faulty_data(tmp_path, die: int = 0, boom: str | None = None):
 
 def config(tmp_path, data, **kw) -> FitConfig:
     return FitConfig(data=str(data), model="faulty:FaultyRegression", partition_by=("partition",),
-                     out=str(tmp_path / "out"), chains=2, warmup=100, draws=100, batch_size=1, workers=2,
-                     max_retries=1, retry_delay=0.0, max_refits=0, report=False, **kw)
+                     out=str(tmp_path / "out"), chains=2, warmup=100, draws=100, batch_size=1,
+                     max_retries=1, retry_delay=0.0, max_refits=0, report=False, **{"workers": 2} | kw)
 
 
 @pytest.mark.slow
@@ -41,6 +41,18 @@ def test_killed_worker_is_resubmitted_and_nothing_is_lost(tmp_path, monkeypatch,
     assert {p["status"] for p in parts.values()} <= {"ok", "unconverged"} and len(parts) == 3
     assert parts["p0001"]["attempts"] >= 2  # the killed attempt counts
     assert result.posterior["posterior"].sizes["partition"] == 3
+
+
+@pytest.mark.slow
+def test_a_dead_worker_charges_only_its_own_batch(tmp_path, monkeypatch):
+    """One worker: the killed batch is the only one running; the queued batches its death
+    crashed had not started and go again without an interruption charged."""
+    monkeypatch.setenv("FLAKY_DIR", str(tmp_path))
+    result = run_fit(config(tmp_path, faulty_data(tmp_path, die=int(signal.SIGKILL)), workers=1,
+                            max_interruptions=1))
+    parts = result.manifest["partitions"]
+    assert (tmp_path / "died").exists()
+    assert {k: p["attempts"] for k, p in parts.items()} == {"p0000": 1, "p0001": 2, "p0002": 1}
 
 
 @pytest.mark.slow
