@@ -6,7 +6,7 @@ Files of a finished batch, under ``<out>/batches/<batch_id>/``:
 batch), ``result.zarr.zip`` (a DataTree with groups
 ``posterior``, ``sample_stats`` and ``adaptation``), ``summary.parquet``, and
 ``done.json`` last, which holds the others' sha256 and makes the batch count as done.
-``started-<n>`` (empty) records that submission n of the batch reached a worker.
+``started-<n>.json`` records that submission n of the batch reached a worker.
 """
 
 from __future__ import annotations
@@ -78,11 +78,11 @@ def to_datatree(out: ChainOutput, partitions: list[str]) -> xr.DataTree:
 
 def mark_started(store: Store, plan: BatchPlan, submission: int) -> None:
     """Record that submission ``submission`` of ``plan`` reached a worker."""
-    store.write_bytes(b"", "batches", plan.batch_id, f"started-{submission}")
+    store.write_json({"submission": submission}, "batches", plan.batch_id, f"started-{submission}.json")
 
 
 def was_started(store: Store, plan: BatchPlan, submission: int) -> bool:
-    return store.exists("batches", plan.batch_id, f"started-{submission}")
+    return store.exists("batches", plan.batch_id, f"started-{submission}.json")
 
 
 def sample_batch(config: FitConfig, plan: BatchPlan, attempt: int = 1) -> dict:
