@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import tomllib
+from pathlib import PurePosixPath
 from typing import Literal
 
 import fsspec
@@ -124,7 +125,7 @@ def read_settings(path: str) -> dict:
     lays its flags over the file first.
     """
     parse = {".json": json.loads, ".toml": tomllib.loads, ".yaml": yaml.safe_load, ".yml": yaml.safe_load}
-    suffix = "." + path.rsplit(".", 1)[-1].lower() if "." in path else ""
+    suffix = PurePosixPath(path).suffix.lower()
     if suffix not in parse:
         raise ConfigFileError(f"{path}: unknown config format {suffix or '(no suffix)'!r}; use .yaml, .json or .toml")
     try:
