@@ -32,6 +32,10 @@ class FitConfig(BaseModel):
     seed: int = Field(0, ge=0, lt=2**31, description="the run's seed; per-partition keys derive from it")
     target_accept: float = Field(0.8, gt=0.0, lt=1.0, description="NUTS target acceptance probability")
     max_tree_depth: int = Field(10, ge=1, le=15, description="NUTS maximum tree depth")
+    laplace: bool = Field(
+        True, description="start each partition at its posterior mode (Newton's method from every chain's start) and "
+        "sample in coordinates that whiten the Laplace approximation there"
+    )
     batch_size: int = Field(32, ge=1, le=65_536, description="most partitions per batch (one task)")
     workers: int | None = Field(None, ge=1, le=1024, description="worker processes (default: CPU count)")
     max_retries: int = Field(3, ge=0, le=20, description="retries of a failed batch")
@@ -92,7 +96,7 @@ class FitConfig(BaseModel):
 
     @property
     def sampler(self) -> SamplerConfig:
-        return SamplerConfig(self.chains, self.warmup, self.draws, self.target_accept, self.max_tree_depth)
+        return SamplerConfig(self.chains, self.warmup, self.draws, self.target_accept, self.max_tree_depth, self.laplace)
 
     def refit(self, round_: int) -> "FitConfig":
         """Settings of refit round ``round_`` (1, 2, ...): warmup x 2^r, target_accept closer to 1."""
@@ -105,7 +109,7 @@ class FitConfig(BaseModel):
         """The fields a batch's identity depends on (not paths, workers or retries)."""
         return self.model_dump(
             mode="json", include={"model", "model_options", "chains", "warmup", "draws", "seed", "target_accept",
-                                  "max_tree_depth", "mode", "shards", "combine", "shard_by", "warm_warmup"}
+                                  "max_tree_depth", "laplace", "mode", "shards", "combine", "shard_by", "warm_warmup"}
         )
 
     def run_id(self, data_fingerprint: str) -> str:

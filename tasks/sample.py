@@ -66,7 +66,8 @@ def to_datatree(out: ChainOutput, partitions: list[str]) -> xr.DataTree:
 
     stats = dict(out.stats)
     stats["step_size"] = np.broadcast_to(out.step_size[..., None], out.stats["lp"].shape)
-    adaptation = {"step_size": out.step_size, "inverse_mass_matrix": out.inverse_mass_matrix}
+    adaptation = {"step_size": out.step_size, "inverse_mass_matrix": out.inverse_mass_matrix,
+                  "shift": out.shift, "scale": out.scale}
     return xr.DataTree.from_dict(
         {
             "posterior": dataset(out.samples, ("partition", "chain", "draw")),

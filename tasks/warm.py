@@ -2,7 +2,8 @@
 
 From a previous artifact, per partition and chain: the last posterior draw
 (constrained values, mapped to unconstrained space by ``init_to_value``), the
-adapted step size and the diagonal inverse mass matrix (``adaptation`` group).
+adapted step size, the diagonal inverse mass matrix and the sampling coordinates
+(shift and scale; ``adaptation`` group).
 Partitions missing from the previous run, failed there, or fitted with another
 number of chains fall back to a full (cold) warmup.
 """
@@ -62,4 +63,17 @@ def read_warm(store: Store, batch_id: str, size: int) -> WarmStart:
         return np.concatenate([a, np.repeat(a[:1], size - a.shape[0], axis=0)]) if a.shape[0] < size else a
 
     values = {name[len("value_"):]: pad(states[name].values) for name in states.data_vars if name.startswith("value_")}
-    return WarmStart(values, pad(states["step_size"].values), pad(states["inverse_mass_matrix"].values))
+    return WarmStart(values, *(pad(a) for a in adaptation_arrays(states)))
+
+
+def adaptation_arrays(adaptation: xr.Dataset) -> tuple[np.ndarray, ...]:
+    """(step_size, inverse_mass_matrix, shift, scale) of an ``adaptation`` dataset, leading axes (partition, chain).
+
+    Artifacts written before the Laplace coordinates have no shift and scale: their
+    chains sampled z itself (shift 0, scale the identity).
+    """
+    inverse_mass = adaptation["inverse_mass_matrix"].values
+    if "shift" in adaptation:
+        return adaptation["step_size"].values, inverse_mass, adaptation["shift"].values, adaptation["scale"].values
+    identity = np.broadcast_to(np.eye(inverse_mass.shape[-1], dtype=inverse_mass.dtype), inverse_mass.shape + inverse_mass.shape[-1:])
+    return adaptation["step_size"].values, inverse_mass, np.zeros_like(inverse_mass), identity
