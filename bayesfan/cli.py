@@ -124,6 +124,8 @@ def fit(
                                             "ok or unconverged; below it the run exits 1"),
     warm_start: Optional[str] = typer.Option(None, "--warm-start", help="previous artifact to start chains from"),
     warm_warmup: int = typer.Option(150, "--warm-warmup", help="warmup iterations of a warm-started partition"),
+    laplace: bool = typer.Option(True, "--laplace/--no-laplace", help="start at the posterior mode and sample in "
+                                 "coordinates that whiten the Laplace approximation there"),
     report: bool = typer.Option(True, "--report/--no-report", help="write report.html with diagnostic plots"),
     quiet: bool = typer.Option(False, "--quiet", help="no live progress bar (it is off anyway when not a TTY)"),
     as_json: bool = typer.Option(False, "--json", help="print the run summary as JSON"),

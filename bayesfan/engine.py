@@ -2,15 +2,21 @@
 
 The core is pure functions over arrays, in the style of ``numpyro.infer.hmc``:
 
-* ``run_chain(model, cfg, key, data)`` runs one NUTS chain (initialise, adapt
-  for ``cfg.warmup`` steps, keep ``cfg.draws`` steps) on one partition's arrays.
-* ``fit_batch(model, cfg, keys, data, warm=None)`` is
-  ``jit(vmap_partitions(vmap_chains(run_chain)))``: ``keys`` has shape
-  ``(partitions, chains, 2)`` and every leaf of ``data`` a leading ``partitions``
-  axis. Padded rows are switched off by ``data["mask"]``, which the model applies
-  with ``numpyro.handlers.mask``. ``warm`` (leading axes ``(partitions, chains)``)
-  starts each chain from a previous fit's values, step size and diagonal mass
-  matrix; then only the step size adapts during the (short) warmup.
+* ``run_chain(potential_fn, cfg, key, u0)`` runs one NUTS chain (adapt for
+  ``cfg.warmup`` steps, keep ``cfg.draws`` steps) on a flat potential.
+* ``fit_partition(model, cfg, keys, data, warm=None)`` runs every chain of one
+  partition. A cold fit first finds the posterior mode by damped Newton from each
+  chain's random start (``find_mode``) and samples in coordinates u that whiten the
+  Laplace approximation there, z = mode + S u with S Sᵀ = H⁻¹ (``laplace_scale``), so
+  NUTS meets a posterior near N(0, I) from its first iteration instead of spending
+  warmup at the depth cap on scales that differ by orders of magnitude.
+* ``fit_batch(model, cfg, keys, data, warm=None)`` is ``jit(vmap(fit_partition))``:
+  ``keys`` has shape ``(partitions, chains, 2)`` and every leaf of ``data`` a leading
+  ``partitions`` axis. Padded rows are switched off by ``data["mask"]``, which the
+  model applies with ``numpyro.handlers.mask``. ``warm`` (leading axes
+  ``(partitions, chains)``) starts each chain from a previous fit's values, sampling
+  coordinates, step size and diagonal mass matrix; then only the step size adapts
+  during the (short) warmup.
 
 The program is built once per (model, sampler config, shapes), so every batch of
 a shape bucket reuses it. New worker processes neither trace it (``bayesfan.programs``
@@ -26,6 +32,7 @@ device per core (benchmarks/README.md).
 
 from __future__ import annotations
 
+import ctypes
 import functools
 import inspect
 import os
@@ -42,6 +49,24 @@ from numpyro.infer.util import initialize_model
 from jax.flatten_util import ravel_pytree
 
 from bayesfan import programs
+
+def limit_malloc_arenas(arenas: int = 2) -> None:
+    """Cap glibc's malloc arenas (``mallopt(M_ARENA_MAX)``) unless ``MALLOC_ARENA_MAX`` is set.
+
+    XLA's CPU threads allocate a compiled loop's temporaries from per-thread arenas that
+    glibc does not return; a long NUTS program grew by about 40 MB a minute (21 GB in
+    2 hours) with the default cap of 8 arenas per core, and not at all with two.
+    Called at import, before JAX starts its threads; a no-op off glibc.
+    """
+    if "MALLOC_ARENA_MAX" in os.environ:
+        return
+    try:
+        ctypes.CDLL("libc.so.6").mallopt(-8, arenas)  # -8: M_ARENA_MAX
+    except (OSError, AttributeError):
+        pass
+
+
+limit_malloc_arenas()
 
 if int(os.environ.get("BAYESFAN_CPU_DEVICES", "1")) > 1:
     jax.config.update("jax_num_cpu_devices", int(os.environ["BAYESFAN_CPU_DEVICES"]))
