@@ -89,4 +89,10 @@ def test_other_methods_reuse_shards(consensus_fit, kidiq, method):
     assert result.manifest["batches_reused"] == 1 and result.manifest["combine"] == method
     summary = result.summary
     summary.attrs["method"] = method
-    assert worst_deviation(summary) <= (0.1 if method != "consensus-diag" else 0.3)
+    assert worst_deviation(summary) <= TOLERANCE[method]
+
+
+# |Δmean|/sd against the reference at S = 2. The semiparametric product is the noisiest
+# (its Gibbs sampler over shard-draw indices; `bench consensus`: W1/sd up to 0.10 at S = 2
+# and 0.14 at S = 4 on kidiq), and moves by about 0.1 between seeds.
+TOLERANCE = {"parametric": 0.1, "semiparametric": 0.15, "consensus-diag": 0.3}
