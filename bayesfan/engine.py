@@ -43,12 +43,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax, random
+from jax.flatten_util import ravel_pytree
 from numpyro.infer.hmc import hmc
 from numpyro.infer.initialization import init_to_uniform, init_to_value
 from numpyro.infer.util import initialize_model
-from jax.flatten_util import ravel_pytree
 
 from bayesfan import programs
+
 
 def limit_malloc_arenas(arenas: int = 2) -> None:
     """Cap glibc's malloc arenas (``mallopt(M_ARENA_MAX)``) unless ``MALLOC_ARENA_MAX`` is set.

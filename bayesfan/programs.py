@@ -10,7 +10,7 @@ compiles it from the compilation cache, without tracing.
 The file name is a hash of everything that determines the program (``program_key``):
 the jaxpr of the model's log density and initialisation on one partition (and its
 constants), the sampler settings, the arguments' shapes and dtypes, the source of the
-engine's ``run_chain`` and ``compiled_fit``, and the jax, jaxlib and numpyro versions.
+engine's functional core (``engine._SOURCE``), and the jax, jaxlib and numpyro versions.
 Tracing that jaxpr costs tens of milliseconds; editing a model, a helper it calls, or
 the engine's chain changes the key.
 """
