@@ -3,7 +3,7 @@
 The partitions are fitted as one batch by the bare kernel. Times are sampling only:
 each program is compiled before the clock starts (``compile_s`` reports it), as
 Stan's reported sampling time excludes compilation. The warm run starts each chain
-from the cold run's artifact tree (last draw, step size, diagonal mass matrix: the
+from the cold run's artifact tree (last draw, sampling coordinates, step size, diagonal mass matrix: the
 engine's ``WarmStart``, as ``fit --warm-start`` does) with a short warmup that
 adapts the step size only, and the same draws.
 """
