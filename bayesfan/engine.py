@@ -160,11 +160,11 @@ def find_mode(potential_fn: Callable, z: jax.Array, steps: int = NEWTON_STEPS) -
     falls tenfold after a kept step and rises tenfold after a rejected one, so starts far
     from the mode take short gradient-like steps.
     """
-    value_and_grad = jax.value_and_grad(potential_fn)
+    gradient = jax.grad(potential_fn)
 
     def body(_, carry):
         z, value, damping = carry
-        _, grad = value_and_grad(z)
+        grad = gradient(z)
         d, hs = _scaled_hessian(potential_fn, z)
         chol = _cholesky(hs + damping * jnp.eye(z.shape[0], dtype=z.dtype))
         proposal = z - d * _solve_upper(chol.T, _solve_lower(chol, d * grad))
