@@ -2,21 +2,21 @@
 
 The core is pure functions over arrays, in the style of ``numpyro.infer.hmc``:
 
-* ``run_chain(potential_fn, cfg, key, u0)`` runs one NUTS chain (adapt for
-  ``cfg.warmup`` steps, keep ``cfg.draws`` steps) on a flat potential.
-* ``fit_partition(model, cfg, keys, data, warm=None)`` runs every chain of one
+* ``start_partition(model, cfg, keys, data, warm=None)`` places every chain of one
   partition. A cold fit first finds the posterior mode by damped Newton from each
   chain's random start (``find_mode``) and samples in coordinates u that whiten the
   Laplace approximation there, z = mode + S u with S Sᵀ = H⁻¹ (``laplace_scale``), so
   NUTS meets a posterior near N(0, I) from its first iteration instead of spending
   warmup at the depth cap on scales that differ by orders of magnitude.
-* ``fit_batch(model, cfg, keys, data, warm=None)`` is ``jit(vmap(fit_partition))``:
-  ``keys`` has shape ``(partitions, chains, 2)`` and every leaf of ``data`` a leading
-  ``partitions`` axis. Padded rows are switched off by ``data["mask"]``, which the
-  model applies with ``numpyro.handlers.mask``. ``warm`` (leading axes
-  ``(partitions, chains)``) starts each chain from a previous fit's values, sampling
-  coordinates, step size and diagonal mass matrix; then only the step size adapts
-  during the (short) warmup.
+* ``fit_batch_program(model, cfg, keys, data, warm=None)`` starts every partition, then
+  runs NUTS (``bayesfan.nuts``) on all chains of the batch at once, one leapfrog step
+  per chain per pass, so no chain waits for another's trajectory. ``keys`` has shape
+  ``(partitions, chains, 2)`` and every leaf of ``data`` a leading ``partitions`` axis.
+  Padded rows are switched off by ``data["mask"]``, which the model applies with
+  ``numpyro.handlers.mask``. ``warm`` (leading axes ``(partitions, chains)``) starts
+  each chain from a previous fit's values, sampling coordinates, step size and diagonal
+  mass matrix; then only the step size adapts during the (short) warmup.
+* ``fit_batch`` runs it, jitted (``compiled_fit``), from the program cache.
 
 The program is built once per (model, sampler config, shapes), so every batch of
 a shape bucket reuses it. New worker processes neither trace it (``bayesfan.programs``
@@ -44,11 +44,10 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax, random
 from jax.flatten_util import ravel_pytree
-from numpyro.infer.hmc import hmc
 from numpyro.infer.initialization import init_to_uniform, init_to_value
 from numpyro.infer.util import initialize_model
 
-from bayesfan import programs
+from bayesfan import nuts, programs
 
 
 def limit_malloc_arenas(arenas: int = 2) -> None:
@@ -77,7 +76,7 @@ class SamplerConfig(NamedTuple):
     """Static NUTS settings; hashable, so it keys the compiled-program cache.
 
     ``laplace``: start a cold fit at the posterior mode and sample in the coordinates
-    that whiten the Laplace approximation there (``fit_partition``).
+    that whiten the Laplace approximation there (``start_partition``).
     """
 
     chains: int = 4
@@ -115,40 +114,6 @@ for _type in (WarmStart, ChainOutput):
 
 #: Damped Newton iterations of the mode search; a 16-parameter HMM converges in about 10-20.
 NEWTON_STEPS = 40
-
-
-def run_chain(potential_fn: Callable, cfg: SamplerConfig, key: jax.Array, u0: jax.Array,
-              step_size=None, inverse_mass_matrix=None) -> tuple:
-    """One NUTS chain on a flat potential: warmup with adaptation, then ``cfg.draws`` draws.
-
-    With ``step_size`` and ``inverse_mass_matrix`` (a warm start) only the step size adapts.
-    Returns (draws (draws, D), per-draw stats, final step size, final inverse mass).
-    """
-    init_kernel, sample_kernel = hmc(potential_fn, algo="NUTS")
-    resume = {} if step_size is None else {
-        "step_size": step_size, "inverse_mass_matrix": inverse_mass_matrix, "adapt_mass_matrix": False,
-    }
-    state = init_kernel(
-        u0, cfg.warmup, target_accept_prob=cfg.target_accept, max_tree_depth=cfg.max_tree_depth, rng_key=key,
-        **resume,
-    )
-    state = lax.fori_loop(0, cfg.warmup, lambda _, s: sample_kernel(s), state)
-
-    def step(s, _):
-        s = sample_kernel(s)
-        stats = {
-            "lp": -s.potential_energy,
-            "energy": s.energy,
-            "diverging": s.diverging,
-            "acceptance_rate": s.accept_prob,
-            "n_steps": s.num_steps,
-            "tree_depth": jnp.floor(jnp.log2(s.num_steps + 1)).astype(jnp.int32),
-        }
-        return s, (s.z, stats)
-
-    state, (u, stats) = lax.scan(step, state, None, length=cfg.draws)
-    adapt = state.adapt_state
-    return u, stats, adapt.step_size, adapt.inverse_mass_matrix
 
 
 def find_mode(potential_fn: Callable, z: jax.Array, steps: int = NEWTON_STEPS) -> tuple[jax.Array, jax.Array]:
@@ -240,20 +205,60 @@ def _matvec(a: jax.Array, x: jax.Array) -> jax.Array:
     return (a * x[None, :]).sum(axis=1)
 
 
-def fit_partition(model: Callable, cfg: SamplerConfig, keys: jax.Array, data: dict,
-                  warm: WarmStart | None = None) -> ChainOutput:
-    """All ``keys.shape[0]`` chains of one partition.
+def fit_batch_program(model: Callable, cfg: SamplerConfig, keys: jax.Array, data: dict,
+                      warm: WarmStart | None = None) -> ChainOutput:
+    """Every chain of every partition of a batch, as one program (``compiled_fit`` jits it).
 
-    NUTS runs in coordinates u with z = shift + scale @ u (z unconstrained). A cold fit
-    with ``cfg.laplace`` runs ``find_mode`` from every chain's random start, takes the
-    lowest potential among them as the mode, and sets shift = mode, scale =
+    Each partition starts on its own (``start_partition``); then ``nuts.run`` steps all
+    chains together, one leapfrog step per chain per loop pass, until each has its draws.
+    """
+    settings = nuts.Settings(cfg.warmup, cfg.draws, cfg.max_tree_depth, cfg.target_accept,
+                             adapt_mass_matrix=warm is None)
+    info = initialize_model(keys[0, 0], model, model_kwargs=jax.tree.map(lambda a: a[0], data), dynamic_args=True)
+    unravel = ravel_pytree(info.param_info.z)[1]
+
+    def potential_of(data):
+        """The potential of partition ``data`` in the sampling coordinates z = shift + scale @ u."""
+        return lambda shift, scale, u: info.potential_fn(**data)(unravel(shift + _matvec(scale, u)))
+
+    def start(keys, data, warm):
+        shift, scale, u0 = start_partition(model, cfg, keys, data, warm)
+        potential = potential_of(data)
+        resume = (None, None) if warm is None else (warm.step_size, warm.inverse_mass_matrix)
+        chains = jax.vmap(lambda key, shift, scale, u, *resume: nuts.init(
+            functools.partial(potential, shift, scale), settings, key, u, *resume))(
+            _split_keys(keys)[2], shift, scale, u0, *resume)
+        return shift, scale, chains
+
+    def step(data, shift, scale, chains):
+        potential = potential_of(data)
+        return jax.vmap(lambda shift, scale, chain: nuts.step(functools.partial(potential, shift, scale), settings,
+                                                              chain))(shift, scale, chains)
+
+    shift, scale, chains = jax.vmap(start)(keys, data, warm)
+    chains = nuts.run(lambda c: jax.vmap(step)(data, shift, scale, c), settings, chains)
+
+    def constrain(data, shift, scale, u):
+        return info.postprocess_fn(**data)(unravel(shift + _matvec(scale, u)))
+
+    per_draw = jax.vmap(constrain, in_axes=(None, None, None, 0))
+    samples = jax.vmap(jax.vmap(per_draw, in_axes=(None, 0, 0, 0)))(data, shift, scale, chains.draws)
+    adapt = chains.hmc.adapt_state
+    return ChainOutput(samples, chains.stats, adapt.step_size, adapt.inverse_mass_matrix, shift, scale)
+
+
+def start_partition(model: Callable, cfg: SamplerConfig, keys: jax.Array, data: dict,
+                    warm: WarmStart | None = None) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Each chain's sampling coordinates z = shift + scale @ u and start u0 for one partition.
+
+    A cold fit with ``cfg.laplace`` runs ``find_mode`` from every chain's random start,
+    takes the lowest potential among them as the mode, and sets shift = mode, scale =
     ``laplace_scale`` (so the posterior is near N(0, I) in u); each chain starts at an
     independent N(0, I) draw in u, and adapts a diagonal mass matrix in u. Without
     ``laplace`` the coordinates are z itself and chains start at random (``init_to_uniform``).
-    A warm start reuses the previous run's coordinates and adaptation and starts at its
-    last draws.
+    A warm start reuses the previous run's coordinates and starts at its last draws.
     """
-    k_init, k_start, k_run = jnp.moveaxis(jax.vmap(lambda k: random.split(k, 3))(keys), 1, 0)
+    k_init, k_start, _ = _split_keys(keys)
 
     def start(key, values):
         strategy = init_to_uniform if values is None else init_to_value(values=values)
@@ -266,32 +271,25 @@ def fit_partition(model: Callable, cfg: SamplerConfig, keys: jax.Array, data: di
     potential = lambda z: info.potential_fn(unravel(z))  # noqa: E731
     chains, size = z0.shape
     if warm is not None:
-        shift, scale = warm.shift, warm.scale
-        u0 = jax.vmap(_solve_upper)(scale, z0 - shift)
-    elif cfg.laplace:
+        return warm.shift, warm.scale, jax.vmap(_solve_upper)(warm.scale, z0 - warm.shift)
+    if cfg.laplace:
         modes, values = jax.vmap(functools.partial(find_mode, potential))(z0)
         mode = modes[jnp.argmin(jnp.where(jnp.isnan(values), jnp.inf, values))]
         shift = jnp.broadcast_to(mode, z0.shape)
         scale = jnp.broadcast_to(laplace_scale(potential, mode), (chains, size, size))
-        u0 = jax.vmap(lambda k: random.normal(k, (size,), z0.dtype))(k_start)
-    else:
-        shift, scale, u0 = jnp.zeros_like(z0), jnp.broadcast_to(jnp.eye(size, dtype=z0.dtype), (chains, size, size)), z0
+        return shift, scale, jax.vmap(lambda k: random.normal(k, (size,), z0.dtype))(k_start)
+    return jnp.zeros_like(z0), jnp.broadcast_to(jnp.eye(size, dtype=z0.dtype), (chains, size, size)), z0
 
-    def chain(key, shift, scale, u0, step_size, inverse_mass_matrix):
-        u, stats, step_size, inverse_mass_matrix = run_chain(
-            lambda u: potential(shift + _matvec(scale, u)), cfg, key, u0, step_size, inverse_mass_matrix
-        )
-        samples = jax.vmap(lambda u: info.postprocess_fn(unravel(shift + _matvec(scale, u))))(u)
-        return samples, stats, step_size, inverse_mass_matrix
 
-    resume = (None, None) if warm is None else (warm.step_size, warm.inverse_mass_matrix)
-    return ChainOutput(*jax.vmap(chain)(k_run, shift, scale, u0, *resume), shift, scale)
+def _split_keys(keys: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Each chain's key split three ways: (initial values, start in u, NUTS)."""
+    return jnp.moveaxis(jax.vmap(lambda k: random.split(k, 3))(keys), 1, 0)
 
 
 @functools.lru_cache(maxsize=32)
 def compiled_fit(model: Callable, cfg: SamplerConfig) -> Callable:
-    """``jit(vmap(fit_partition))`` over a batch's partitions, cached per model and config."""
-    return jax.jit(jax.vmap(functools.partial(fit_partition, model, cfg)))
+    """``fit_batch_program`` for ``(keys, data, warm)``, jitted and cached per model and config."""
+    return jax.jit(functools.partial(fit_batch_program, model, cfg))
 
 
 def fit_batch(
@@ -310,7 +308,9 @@ def fit_batch(
 
 _PROGRAMS: dict = {}
 #: The code the program is traced from, hashed into its key (other edits of this module keep stored programs).
-_SOURCE = "".join(inspect.getsource(f) for f in (run_chain, find_mode, laplace_scale, _scaled_hessian, _cholesky, _solve_lower, _solve_upper, _matvec, fit_partition, compiled_fit))
+_SOURCE = inspect.getsource(nuts) + "".join(inspect.getsource(f) for f in (
+    find_mode, laplace_scale, _scaled_hessian, _cholesky, _solve_lower, _solve_upper, _matvec, fit_batch_program,
+    start_partition, _split_keys, compiled_fit))
 
 
 def batch_program(model: Callable, cfg: SamplerConfig, args: tuple) -> Callable:

@@ -71,11 +71,21 @@ def r_hat_max(samples: dict, lead: tuple[str, ...] = ("chain", "draw")) -> float
 def lockstep_efficiency(n_steps: np.ndarray) -> float:
     """Mean leapfrog steps over mean per-iteration maximum, for ``(partition, chain, draw)`` steps.
 
-    Chains batched by ``vmap`` step together, so each iteration costs the longest
-    trajectory among them; 1.0 means no chain waited.
+    What chains stepping together would get (NumPyro's kernel under ``vmap``): each
+    iteration costs the longest trajectory among them; 1.0 means no chain waited.
     """
     n_steps = np.asarray(n_steps, dtype=float)
     return float(n_steps.mean() / n_steps.max(axis=(0, 1)).mean())
+
+
+def batch_efficiency(n_steps: np.ndarray) -> float:
+    """Mean over chains of their total leapfrog steps, over the largest total, for ``(partition, chain, draw)`` steps.
+
+    What ``bayesfan.nuts`` gets: each chain steps on its own, and the batch's loop runs
+    until the chain with the most steps is done; 1.0 means no chain waited.
+    """
+    totals = np.asarray(n_steps, dtype=float).sum(axis=-1)
+    return float(totals.mean() / totals.max())
 
 
 def _dataset(samples: dict, lead: tuple[str, ...]) -> xr.Dataset:

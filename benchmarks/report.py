@@ -86,8 +86,9 @@ def markdown(results: dict) -> str:
             "µs per series-gradient": h["us_per_series_gradient"],
             "µs per series-gradient at batch " + " / ".join(h.get("us_per_series_gradient_by_batch", {})):
                 " / ".join(_fmt(v) for v in h.get("us_per_series_gradient_by_batch", {}).values()),
-            "leapfrog steps per draw / lockstep efficiency":
-                f"{_fmt(h['leapfrog_steps_per_draw'])} / {_fmt(h['lockstep_efficiency'])}",
+            "leapfrog steps per draw / batch efficiency (in lockstep)":
+                f"{_fmt(h['leapfrog_steps_per_draw'])} / {_fmt(h.get('batch_efficiency'))} "
+                f"({_fmt(h['lockstep_efficiency'])})",
             "share of CPU in gradients (estimate)": f"{h['gradient_share_estimate']:.0%}",
             f"{p['partitions']:,} partitions: CPU-hours (Ampersand: {p['ampersand_cpu_hours']:,.0f})":
                 p["cpu_hours"],

@@ -42,7 +42,7 @@ from bayesfan.config import FitConfig
 from bayesfan.engine import (
     SamplerConfig, batch_program, clear_programs, compiled_fit, enable_compilation_cache, fit_batch, partition_keys,
 )
-from benchmarks.measure import Cost, ess_bulk_min, lockstep_efficiency, measure
+from benchmarks.measure import Cost, batch_efficiency, ess_bulk_min, measure
 from models import resolve_model
 from tasks.sample import stack_partitions
 from tasks.split import plan_batches, split_partitions
@@ -153,13 +153,13 @@ def profile(manifest: dict, cost: Cost) -> dict:
 
 def bayesfan_kernel(model, parts: dict, sampler: SamplerConfig, plans: list) -> dict:
     """(b) The batches ``plans`` through ``fit_batch`` in this process: stacking, keys and sampling only."""
-    cost, ess, lockstep = run_kernel(model, parts, sampler, plans)
-    return figures(cost, len(ess), ess, batches=len(plans), lockstep_efficiency=lockstep)
+    cost, ess, efficiency = run_kernel(model, parts, sampler, plans)
+    return figures(cost, len(ess), ess, batches=len(plans), batch_efficiency=efficiency)
 
 
 def run_kernel(model, parts: dict, sampler: SamplerConfig, plans: list) -> tuple[Cost, np.ndarray, float]:
-    """Cost, per-partition smallest bulk ESS and mean lockstep efficiency of ``plans`` through ``fit_batch``."""
-    ess, lockstep = [], []
+    """Cost, per-partition smallest bulk ESS and mean batch efficiency of ``plans`` through ``fit_batch``."""
+    ess, efficiency = [], []
     with measure() as cost:
         outputs = []
         for plan in plans:
@@ -169,8 +169,8 @@ def run_kernel(model, parts: dict, sampler: SamplerConfig, plans: list) -> tuple
             outputs.append((len(plan.partitions), fit_batch(model.model, sampler, keys, data)))
     for n, out in outputs:
         ess.extend(ess_bulk_min({k: v[:n] for k, v in out.samples.items()}, ("partition", "chain", "draw")))
-        lockstep.append(lockstep_efficiency(out.stats["n_steps"]))
-    return cost, np.asarray(ess), float(np.mean(lockstep))
+        efficiency.append(batch_efficiency(out.stats["n_steps"]))
+    return cost, np.asarray(ess), float(np.mean(efficiency))
 
 
 def kernel_on_cores(data: Path, sampler: SamplerConfig, batch_size: int, processes: int, devices: int) -> dict:

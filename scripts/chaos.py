@@ -88,7 +88,7 @@ class Chaos:
         self.parent: subprocess.Popen | None = None
         self.parent_starts = 0
         self.workers: list[subprocess.Popen] = []
-        self.signalled: set[str] = set()
+        self.signalled: set[int] = set()  # pids: a rescheduled run comes back in a new process, a target again
         self.events: list[dict] = []
 
     # --- time -------------------------------------------------------------------------------
@@ -266,7 +266,7 @@ class Chaos:
                     run_id = child.environ().get("PREFECT__FLOW_RUN_ID")
                 except psutil.Error:
                     continue
-                if not run_id or run_id in self.signalled:
+                if not run_id or child.pid in self.signalled:
                     continue
                 run = self.flow_run(run_id)
                 if not run or (run.get("state") or {}).get("type") != "RUNNING":
@@ -298,7 +298,7 @@ class Chaos:
         run_id, batch_id = run["id"], run["parameters"]["plan"]["batch_id"]
         if self.batch_done(batch_id) or not process.is_running():
             return self.hit(kind)
-        self.signalled.add(run_id)
+        self.signalled.add(process.pid)
         if kind == "kill":
             tree = [process, *safe_children(process)]
             for proc in tree:

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from benchmarks.consensus import compare
-from benchmarks.measure import lockstep_efficiency, measure
+from benchmarks.measure import batch_efficiency, lockstep_efficiency, measure
 from benchmarks.report import headline, markdown
 
 BAYESFAN = [sys.executable, "-m", "bayesfan.cli"]
@@ -112,6 +112,11 @@ def test_measure_charges_child_processes():
 def test_lockstep_efficiency_is_mean_over_per_iteration_max():
     steps = [[[1, 3]], [[3, 3]]]  # (partition, chain, draw): iteration maxima 3 and 3, mean 2.5
     assert lockstep_efficiency(steps) == pytest.approx(2.5 / 3)
+
+
+def test_batch_efficiency_is_mean_over_largest_chain_total():
+    steps = [[[1, 3]], [[3, 3]]]  # chain totals 4 and 6
+    assert batch_efficiency(steps) == pytest.approx(5 / 6)
 
 
 def test_headline_marks_targets_met_and_missed():

@@ -26,7 +26,7 @@ REPLICATIONS = 100
 DRAWS_KEPT = 99
 BINS = 10
 #: One chain: SBC needs near-independent draws, not between-chain diagnostics, and a batch
-#: of 100 replications x 1 chain costs half the lockstep iterations of 2 chains.
+#: of 100 replications x 1 chain costs half the leapfrog steps of 2 chains.
 SAMPLER = SamplerConfig(chains=1, warmup=150, draws=300)
 THIN = 3
 #: Per-parameter p-value threshold: a correct fit fails any of ~16 tests with probability about 1.6%.
