@@ -167,7 +167,8 @@ def _scaled_hessian(potential_fn: Callable, z: jax.Array) -> tuple[jax.Array, ja
 
 
 # Small dense linear algebra written out in jnp: LAPACK's results depend on where a matrix
-# lies in the batch's buffer, and a partition's draws must not depend on its batch companions.
+# lies in the batch's buffer, and a partition's draws must not depend on its batch companions
+# (``fit_batch_program`` says where they may).
 
 
 def _cholesky(a: jax.Array) -> jax.Array:
@@ -211,6 +212,13 @@ def fit_batch_program(model: Callable, cfg: SamplerConfig, keys: jax.Array, data
 
     Each partition starts on its own (``start_partition``); then ``nuts.run`` steps all
     chains together, one leapfrog step per chain per loop pass, until each has its draws.
+
+    A partition's draws are a function of its data, key and config alone, whatever
+    shares its batch, as long as the batch has fewer than ``nuts.SHRINK *
+    nuts.MIN_BATCH`` partitions. In larger batches the partitions still running when
+    the others are done finish in a smaller batch, whose arithmetic XLA rounds
+    differently at some positions: their draws are then reproducible for the same batch
+    (a rerun, a resume) but differ, as another valid chain would, in another batch.
     """
     settings = nuts.Settings(cfg.warmup, cfg.draws, cfg.max_tree_depth, cfg.target_accept,
                              adapt_mass_matrix=warm is None)
@@ -230,13 +238,14 @@ def fit_batch_program(model: Callable, cfg: SamplerConfig, keys: jax.Array, data
             _split_keys(keys)[2], shift, scale, u0, *resume)
         return shift, scale, chains
 
-    def step(data, shift, scale, chains):
+    def step(context, chains):
+        data, shift, scale = context
         potential = potential_of(data)
         return jax.vmap(lambda shift, scale, chain: nuts.step(functools.partial(potential, shift, scale), settings,
                                                               chain))(shift, scale, chains)
 
     shift, scale, chains = jax.vmap(start)(keys, data, warm)
-    chains = nuts.run(lambda c: jax.vmap(step)(data, shift, scale, c), settings, chains)
+    chains = nuts.run(step, settings, chains, (data, shift, scale))
 
     def constrain(data, shift, scale, u):
         return info.postprocess_fn(**data)(unravel(shift + _matvec(scale, u)))
@@ -334,8 +343,9 @@ def clear_programs() -> None:
 def split_across_devices(*trees) -> list:
     """Equal slices of the leading (partition) axis, one per local device when there are several.
 
-    Each slice runs the same compiled program on its own device, so a partition's
-    draws are the same however many devices share the batch.
+    Each slice runs the same compiled program on its own device. A partition's draws
+    are the same however many devices share the batch while no slice is large enough
+    for ``nuts.run`` to shrink it (see ``fit_batch_program``).
     """
     devices = jax.local_devices()
     size = jax.tree.leaves(trees)[0].shape[0]

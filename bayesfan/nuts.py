@@ -20,6 +20,7 @@ splits them. A chain therefore gives NumPyro's draws (``tests/test_nuts.py``).
 
 from __future__ import annotations
 
+import functools
 from typing import Callable, NamedTuple
 
 import jax
@@ -41,6 +42,10 @@ from numpyro.infer.hmc_util import (
 
 #: NumPyro's threshold on the energy error that marks a leaf divergent.
 MAX_DELTA_ENERGY = 1000.0
+
+#: A phase of ``run`` ends when no more than 1/SHRINK of its partitions still run; phases are at least MIN_BATCH wide.
+SHRINK = 4
+MIN_BATCH = 4
 
 STATS = ("lp", "energy", "diverging", "acceptance_rate", "n_steps", "tree_depth")
 
@@ -145,20 +150,45 @@ def step(potential_fn: Callable, settings: Settings, chain: Chain) -> Chain:
     active = chain.hmc.i < settings.warmup + settings.draws
     kept = jnp.where(transition_done & active & (chain.hmc.i >= settings.warmup),
                      chain.hmc.i - settings.warmup, settings.draws)  # out of range: not written
-    return _where(active, moved, chain)._replace(
+    unbuffered = {"draws": None, "stats": None}  # the buffers are written in place, never selected
+    return _where(active, moved._replace(**unbuffered), chain._replace(**unbuffered))._replace(
         draws=chain.draws.at[kept].set(draw, mode="drop"),
         stats={name: chain.stats[name].at[kept].set(stats[name], mode="drop") for name in STATS},
     )
 
 
-def run(step_batch: Callable[[Chain], Chain], settings: Settings, chains: Chain) -> Chain:
-    """Apply ``step_batch`` (``step`` mapped over the batch's axes) until every chain has its draws.
+def run(step_partition: Callable, settings: Settings, chains: Chain, context) -> Chain:
+    """Step every chain until each has its draws.
 
-    The loop's condition is over the whole batch, so the loop itself is not batched:
-    a chain's buffers are written in place, not selected on every step.
+    ``chains`` has leading axes (partition, chain) and ``context`` (the data and
+    coordinates of each partition) a leading partition axis; ``step_partition(context,
+    chains)`` steps the chains of one partition (``step`` mapped over them).
+
+    The loop runs in phases: once no more than a ``SHRINK``-th of the batch's partitions
+    still have a chain running, those partitions are gathered into a batch that size
+    and the loop goes on there, so the last, slowest chains do not pay for a full batch
+    of gradients. Whole partitions move, so the chain axis, along which XLA vectorises a
+    chain's arithmetic, keeps its width, and a partition's draws do not depend on its
+    companions. Each phase is a loop whose condition is over its whole batch, so a
+    chain's buffers are written in place, never selected.
     """
     total = settings.warmup + settings.draws
-    return lax.while_loop(lambda c: jnp.any(c.hmc.i < total), step_batch, chains)
+    stepper = jax.vmap(step_partition)
+    size = chains.hmc.i.shape[0]
+    index, full = jnp.arange(size), chains
+    while True:
+        smaller = size // SHRINK
+        last = smaller < MIN_BATCH
+        floor = 0 if last else smaller
+        chains = lax.while_loop(lambda c: jnp.sum(jnp.any(c.hmc.i < total, axis=1)) > floor,
+                                functools.partial(stepper, context), chains)
+        full = jax.tree.map(lambda whole, part: whole.at[index].set(part), full, chains)
+        if last:
+            return full
+        running_first = jnp.argsort(jnp.all(chains.hmc.i >= total, axis=1), stable=True)[:smaller]
+        index, chains, context = lax.optimization_barrier(
+            jax.tree.map(lambda a: a[running_first], (index, chains, context)))
+        size = smaller
 
 
 def _begin_transition(state) -> tuple[TreeInfo, jax.Array, jax.Array]:

@@ -89,7 +89,7 @@ def markdown(results: dict) -> str:
             "leapfrog steps per draw / batch efficiency (in lockstep)":
                 f"{_fmt(h['leapfrog_steps_per_draw'])} / {_fmt(h.get('batch_efficiency'))} "
                 f"({_fmt(h['lockstep_efficiency'])})",
-            "share of CPU in gradients (estimate)": f"{h['gradient_share_estimate']:.0%}",
+            "share of CPU in the chains' own gradients (estimate)": f"{h['useful_gradient_share']:.0%}",
             f"{p['partitions']:,} partitions: CPU-hours (Ampersand: {p['ampersand_cpu_hours']:,.0f})":
                 p["cpu_hours"],
             f"{p['partitions']:,} partitions: USD at ${p['usd_per_vcpu_hour']}/vCPU-h (Ampersand: "

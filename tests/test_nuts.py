@@ -34,9 +34,18 @@ def numpyro_draws(key, z0, settings=SETTINGS, **given):
     return state, np.asarray(z[settings.warmup:]), np.asarray(steps[settings.warmup:])
 
 
+def run_batch(chains, settings=SETTINGS):
+    """``nuts.run`` on chains with one leading batch axis, each a partition of one chain on ``potential``."""
+    step = jax.vmap(lambda c: nuts.step(potential, settings, c))
+    size = chains.hmc.i.shape[0]
+    out = jax.jit(lambda c: nuts.run(lambda _, c: step(c), settings, c, jnp.zeros(size)))(
+        jax.tree.map(lambda a: a[:, None], chains))
+    return jax.tree.map(lambda a: a[:, 0], out)
+
+
 def run_alone(key, z0, settings=SETTINGS, **given):
     chain = nuts.init(potential, settings, key, z0, **given)
-    return jax.jit(lambda c: nuts.run(lambda c: nuts.step(potential, settings, c), settings, c))(chain)
+    return jax.tree.map(lambda a: a[0], run_batch(jax.tree.map(lambda a: a[None], chain), settings))
 
 
 def test_a_chain_gives_numpyros_draws_and_adaptation():
@@ -61,23 +70,57 @@ def test_a_warm_start_keeps_the_mass_matrix_and_matches_numpyro():
     np.testing.assert_array_equal(chain.hmc.adapt_state.inverse_mass_matrix, SCALES ** 2)
 
 
-def test_chains_of_a_batch_step_independently():
-    """Batched with companions whose trajectories differ, each chain's draws are its draws alone."""
-    keys = random.split(random.PRNGKey(11), 3)
-    starts = jnp.array([[0.5, -1.0, 0.2], [3.0, 20.0, -0.3], [-1.0, 5.0, 0.0]])
-    chains = jax.vmap(lambda k, z: nuts.init(potential, SETTINGS, k, z))(keys, starts)
-    batch = jax.jit(lambda c: nuts.run(jax.vmap(lambda c: nuts.step(potential, SETTINGS, c)), SETTINGS, c))(chains)
-    for i in range(3):
-        alone = run_alone(keys[i], starts[i])
-        np.testing.assert_array_equal(np.asarray(batch.draws[i]), np.asarray(alone.draws))
-        assert int(batch.hmc.i[i]) == SETTINGS.warmup + SETTINGS.draws  # a finished chain stopped
+def correlated(rho, z):
+    """A standard Gaussian in z[1:] and z[0] - rho z[1]: near rho = 1 a diagonal mass matrix cannot help,
+    and trajectories are long."""
+    return 0.5 * ((z[0] - rho * z[1]) ** 2 / (1 - rho**2) + z[1] ** 2 + z[2] ** 2)
+
+
+def correlated_batch(partitions: int):
+    """``partitions`` partitions of two chains on ``correlated``, the slow ones (rho near 1) spread out."""
+    rho = jnp.array([0.0, 0.5, 0.99, 0.999] * 4)[jnp.argsort(jnp.arange(16) % 3)][:partitions]
+    keys = random.split(random.PRNGKey(11), 32).reshape(16, 2, -1)[:partitions]
+    starts = random.normal(random.PRNGKey(12), (16, 2, 3))[:partitions]
+    chains = jax.vmap(jax.vmap(lambda k, z, r: nuts.init(lambda z: correlated(r, z), SETTINGS, k, z),
+                               in_axes=(0, 0, None)))(keys, starts, rho)
+    step = jax.vmap(lambda r, c: nuts.step(lambda z: correlated(r, z), SETTINGS, c), in_axes=(None, 0))
+    return chains, rho, jax.jit(lambda c, rho: nuts.run(step, SETTINGS, c, rho))
+
+
+def test_partitions_of_a_batch_step_independently():
+    """Below ``nuts.run``'s first shrink (fewer than SHRINK x MIN_BATCH partitions), each partition's
+    draws are its draws alone, beside companions whose trajectories differ."""
+    chains, rho, run = correlated_batch(nuts.SHRINK * nuts.MIN_BATCH - 1)
+    batch = run(chains, rho)
+    steps = np.asarray(batch.stats["n_steps"]).sum(axis=-1).max(axis=1)
+    assert steps.max() > 4 * np.median(steps)  # companions of very different lengths
+    for i in range(len(rho)):
+        alone = run(jax.tree.map(lambda a: a[i:i + 1], chains), rho[i:i + 1])
+        np.testing.assert_array_equal(np.asarray(batch.draws[i]), np.asarray(alone.draws[0]))
+        assert (np.asarray(batch.hmc.i[i]) == SETTINGS.warmup + SETTINGS.draws).all()  # finished chains stopped
+
+
+def test_the_slowest_partitions_finish_in_a_smaller_batch():
+    """16 partitions: once 4 are left running they go on as a batch of 4. Partitions done before that
+    keep their draws alone; every chain ends with all its draws; the run is reproducible."""
+    chains, rho, run = correlated_batch(16)
+    batch = run(chains, rho)
+    steps = np.asarray(batch.stats["n_steps"]).sum(axis=-1).max(axis=1)
+    early = np.argsort(steps)[:-nuts.MIN_BATCH]  # done in the first phase (by draw-phase steps, a proxy)
+    for i in early[:4]:
+        alone = run(jax.tree.map(lambda a: a[i:i + 1], chains), rho[i:i + 1])
+        np.testing.assert_array_equal(np.asarray(batch.draws[i]), np.asarray(alone.draws[0]))
+    assert (np.asarray(batch.hmc.i) == SETTINGS.warmup + SETTINGS.draws).all()
+    assert np.isfinite(np.asarray(batch.draws)).all() and (np.asarray(batch.stats["n_steps"]) > 0).all()
+    again = run(chains, rho)
+    np.testing.assert_array_equal(np.asarray(again.draws), np.asarray(batch.draws))
 
 
 def test_draws_are_from_the_target():
     chains = jax.vmap(lambda k: nuts.init(potential, SETTINGS._replace(draws=1000), k, jnp.zeros(3)))(
         random.split(random.PRNGKey(0), 4))
     settings = SETTINGS._replace(draws=1000)
-    out = jax.jit(lambda c: nuts.run(jax.vmap(lambda c: nuts.step(potential, settings, c)), settings, c))(chains)
+    out = run_batch(chains, settings)
     draws = np.asarray(out.draws).reshape(-1, 3)
     precision = np.diag(1 / np.asarray(SCALES) ** 2) + 0.03 * np.array([[0, 1, 0], [1, 0, 0], [0, 0, 0]])
     np.testing.assert_allclose(draws.std(0), np.sqrt(np.diag(np.linalg.inv(precision))), rtol=0.15)
