@@ -11,7 +11,8 @@ subtree is done (full, turning or divergent) merge it into the trajectory; when 
 trajectory is done (turning, divergent or at the depth cap) end the transition (adapt,
 record the draw) and start the next (fresh momentum, first doubling). ``run`` calls
 ``step`` on every chain of a batch until each has its warmup and draws, so a chain
-spends gradients on its own trajectories only.
+spends gradients on its own trajectories only, and once few partitions are left
+running it finishes them in a smaller batch.
 
 The arithmetic and the random streams are NumPyro's: its tree helpers, its
 ``warmup_adapter`` and its ``init_kernel``, with the keys split as ``sample_kernel``
@@ -167,10 +168,12 @@ def run(step_partition: Callable, settings: Settings, chains: Chain, context) ->
     The loop runs in phases: once no more than a ``SHRINK``-th of the batch's partitions
     still have a chain running, those partitions are gathered into a batch that size
     and the loop goes on there, so the last, slowest chains do not pay for a full batch
-    of gradients. Whole partitions move, so the chain axis, along which XLA vectorises a
-    chain's arithmetic, keeps its width, and a partition's draws do not depend on its
-    companions. Each phase is a loop whose condition is over its whole batch, so a
+    of gradients. Each phase is a loop whose condition is over its whole batch, so a
     chain's buffers are written in place, never selected.
+
+    A batch too small to shrink gives each partition the draws it gets alone. A moved
+    partition's later arithmetic may round differently at its new position, so in a
+    batch that shrinks, the draws of those that move depend on the batch (reproducibly).
     """
     total = settings.warmup + settings.draws
     stepper = jax.vmap(step_partition)
@@ -186,8 +189,7 @@ def run(step_partition: Callable, settings: Settings, chains: Chain, context) ->
         if last:
             return full
         running_first = jnp.argsort(jnp.all(chains.hmc.i >= total, axis=1), stable=True)[:smaller]
-        index, chains, context = lax.optimization_barrier(
-            jax.tree.map(lambda a: a[running_first], (index, chains, context)))
+        index, chains, context = jax.tree.map(lambda a: a[running_first], (index, chains, context))
         size = smaller
 
 
