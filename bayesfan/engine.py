@@ -2,7 +2,7 @@
 
 The core is pure functions over arrays, in the style of ``numpyro.infer.hmc``:
 
-* ``start_partition(model, cfg, keys, data, warm=None)`` places every chain of one
+* ``start_partition(model, cfg, keys, data, potential, warm=None)`` places every chain of one
   partition. A cold fit first finds the posterior mode by damped Newton from each
   chain's random start (``find_mode``) and samples in coordinates u that whiten the
   Laplace approximation there, z = mode + S u with S Sᵀ = H⁻¹ (``laplace_scale``), so
@@ -225,12 +225,17 @@ def fit_batch_program(model: Callable, cfg: SamplerConfig, keys: jax.Array, data
     info = initialize_model(keys[0, 0], model, model_kwargs=jax.tree.map(lambda a: a[0], data), dynamic_args=True)
     unravel = ravel_pytree(info.param_info.z)[1]
 
+    def flat_potential(data):
+        """The potential of partition ``data`` at flat unconstrained z."""
+        return lambda z: info.potential_fn(**data)(unravel(z))
+
     def potential_of(data):
         """The potential of partition ``data`` in the sampling coordinates z = shift + scale @ u."""
-        return lambda shift, scale, u: info.potential_fn(**data)(unravel(shift + _matvec(scale, u)))
+        potential = flat_potential(data)
+        return lambda shift, scale, u: potential(shift + _matvec(scale, u))
 
     def start(keys, data, warm):
-        shift, scale, u0 = start_partition(model, cfg, keys, data, warm)
+        shift, scale, u0 = start_partition(model, cfg, keys, data, flat_potential(data), warm)
         potential = potential_of(data)
         resume = (None, None) if warm is None else (warm.step_size, warm.inverse_mass_matrix)
         chains = jax.vmap(lambda key, shift, scale, u, *resume: nuts.init(
@@ -256,9 +261,10 @@ def fit_batch_program(model: Callable, cfg: SamplerConfig, keys: jax.Array, data
     return ChainOutput(samples, chains.stats, adapt.step_size, adapt.inverse_mass_matrix, shift, scale)
 
 
-def start_partition(model: Callable, cfg: SamplerConfig, keys: jax.Array, data: dict,
+def start_partition(model: Callable, cfg: SamplerConfig, keys: jax.Array, data: dict, potential: Callable,
                     warm: WarmStart | None = None) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """Each chain's sampling coordinates z = shift + scale @ u and start u0 for one partition.
+    """Each chain's sampling coordinates z = shift + scale @ u and start u0 for one partition,
+    whose potential at flat unconstrained z is ``potential``.
 
     A cold fit with ``cfg.laplace`` runs ``find_mode`` from every chain's random start,
     takes the lowest potential among them as the mode, and sets shift = mode, scale =
@@ -275,9 +281,6 @@ def start_partition(model: Callable, cfg: SamplerConfig, keys: jax.Array, data: 
         return ravel_pytree(info.param_info.z)[0]
 
     z0 = jax.vmap(start)(k_init, None if warm is None else warm.values)
-    info = initialize_model(k_init[0], model, model_kwargs=data, dynamic_args=False)
-    unravel = ravel_pytree(info.param_info.z)[1]
-    potential = lambda z: info.potential_fn(unravel(z))  # noqa: E731
     chains, size = z0.shape
     if warm is not None:
         return warm.shift, warm.scale, jax.vmap(_solve_upper)(warm.scale, z0 - warm.shift)
