@@ -18,6 +18,10 @@ While it runs, a driver:
   (finished batches are reused through ``done.json``, in-flight children are found again
   through their idempotency keys).
 
+Before each event the driver freezes (SIGSTOP) a running batch and the event hits it, so a
+fast run cannot finish before the plan does; the batch frozen for the parent's restart
+stays frozen across it.
+
 It then fits the same data and seed with ``--backend local`` into a local directory and
 compares. The last line of stdout is the verdict::
 
@@ -288,45 +292,44 @@ class Chaos:
             time.sleep(0.5)
         return None
 
-    def hit(self, kind: str) -> bool:
-        """SIGKILL the process tree of a running batch (``kill``) or SIGTERM its top process (``sigterm``)."""
-        target = self.wait_for_target(kind)
+    def hold(self) -> tuple[psutil.Process, dict, list[psutil.Process]] | None:
+        """Freeze (SIGSTOP) the process tree of a running batch, somewhere mid-batch: the next event's target.
+
+        A frozen batch cannot finish, so every planned event finds a batch to hit however fast
+        the rest of the run goes (a stalled machine is one more fault the run must survive)."""
+        target = self.wait_for_target("hold a batch")
         if target is None:
-            return False
+            return None
         process, run = target
         time.sleep(self.rng.uniform(0.0, 2.0))  # somewhere mid-batch
-        run_id, batch_id = run["id"], run["parameters"]["plan"]["batch_id"]
-        if self.batch_done(batch_id) or not process.is_running():
-            return self.hit(kind)
+        tree = [process, *safe_children(process)]
+        _signal(tree, signal.SIGSTOP)
+        if self.batch_done(run["parameters"]["plan"]["batch_id"]) or not process.is_running():
+            _signal(tree, signal.SIGCONT)  # it finished first: hold another
+            return self.hold()
+        return process, run, tree
+
+    def hit(self, kind: str, held: tuple[psutil.Process, dict, list[psutil.Process]]) -> None:
+        """SIGKILL the held batch's process tree (``kill``) or SIGTERM its top process (``sigterm``)."""
+        process, run, tree = held
         self.signalled.add(process.pid)
         if kind == "kill":
-            tree = [process, *safe_children(process)]
-            for proc in tree:
-                try:
-                    proc.send_signal(signal.SIGKILL)
-                except psutil.Error:
-                    pass
+            _signal(tree, signal.SIGKILL)
             self.kills += 1
         else:
-            try:
-                process.send_signal(signal.SIGTERM)
-            except psutil.Error:
-                return self.hit(kind)
+            _signal([process], signal.SIGTERM)
+            _signal(tree, signal.SIGCONT)  # the handler runs once the process is awake
             self.sigterms += 1
+        run_id, batch_id = run["id"], run["parameters"]["plan"]["batch_id"]
         self.events.append({"event": kind, "t": round(time.monotonic() - self.t0, 1), "flow_run": run_id,
                             "batch": batch_id, "pid": process.pid})
         log(f"{kind}: flow run {run['name']} ({run_id[:8]}, batch {batch_id[:12]}), pid {process.pid}")
-        return True
 
-    def restart_parent(self) -> bool:
-        """SIGKILL the parent's process group once some batches are done and others running, then restart it."""
-        while self.parent_running():
+    def restart_parent(self) -> None:
+        """SIGKILL the parent's process group once some batches are done, then restart it."""
+        while self.batches_done() < 1:
             self.check_time("waiting to kill the parent")
-            if self.batches_done() >= 1 and self.targets():
-                break
             time.sleep(0.5)
-        else:
-            return False
         time.sleep(self.rng.uniform(0.0, 2.0))
         pid = self.parent.pid
         try:
@@ -340,24 +343,33 @@ class Chaos:
         time.sleep(self.rng.uniform(1.0, 3.0))
         self.start_parent()
         self.parent_restarts += 1
-        return True
 
     def drive(self) -> None:
-        """Start the parent, disturb it as planned, wait for it to finish."""
+        """Start the parent, disturb it as planned, wait for it to finish.
+
+        Before each event a running batch is held (frozen) and the event hits it; across the
+        parent's restart it stays held, so the run cannot end before the plan does."""
         plan = ["kill"] * self.args.kills + ["sigterm"] * self.args.sigterms
         self.rng.shuffle(plan)
         plan.insert(len(plan) // 2, "parent")
         self.t0 = time.monotonic()
         self.start_parent()
-        for event in plan:
-            time.sleep(self.rng.uniform(self.args.gap / 2, self.args.gap))
-            if not self.parent_running():
-                log(f"the parent finished before every planned event ({event} left)")
-                break
-            done = self.restart_parent() if event == "parent" else self.hit(event)
-            if not done:
-                log(f"the parent finished before every planned event ({event} not done)")
-                break
+        held = None
+        try:
+            for event in plan:
+                held = held or self.hold()
+                if held is None:
+                    log(f"the parent finished before every planned event ({event} not done)")
+                    break
+                time.sleep(self.rng.uniform(self.args.gap / 2, self.args.gap))
+                if event == "parent":
+                    self.restart_parent()
+                else:
+                    self.hit(event, held)
+                    held = None
+        finally:
+            if held is not None:
+                _signal(held[2], signal.SIGCONT)
         while self.parent.poll() is None:
             self.check_time("waiting for the parent to finish")
             time.sleep(1.0)
@@ -449,6 +461,14 @@ def open_posterior(out: Path):
 
     tree = xr.open_datatree(out / "posterior.zarr", engine="zarr")
     return tree["posterior"].to_dataset().load()
+
+
+def _signal(processes: list[psutil.Process], sig: signal.Signals) -> None:
+    for process in processes:
+        try:
+            process.send_signal(sig)
+        except psutil.Error:
+            pass
 
 
 def safe_children(process: psutil.Process) -> list[psutil.Process]:
