@@ -36,6 +36,11 @@ class FitConfig(BaseModel):
         True, description="start each partition at its posterior mode (Newton's method from every chain's start) and "
         "sample in coordinates that whiten the Laplace approximation there"
     )
+    kernel: Literal["auto", "stepwise", "lockstep"] = Field(
+        "auto", description="how a batch's chains advance: stepwise (each chain on its own trajectory), lockstep "
+        "(whole transitions, every chain waiting for the batch's longest), or auto (lockstep for small data and "
+        "batches)"
+    )
     batch_size: int = Field(32, ge=1, le=65_536, description="most partitions per batch (one task)")
     workers: int | None = Field(None, ge=1, le=1024, description="worker processes (default: CPU count)")
     max_retries: int = Field(3, ge=0, le=20, description="retries of a failed batch")
@@ -96,7 +101,8 @@ class FitConfig(BaseModel):
 
     @property
     def sampler(self) -> SamplerConfig:
-        return SamplerConfig(self.chains, self.warmup, self.draws, self.target_accept, self.max_tree_depth, self.laplace)
+        return SamplerConfig(self.chains, self.warmup, self.draws, self.target_accept, self.max_tree_depth, self.laplace,
+                             self.kernel)
 
     def refit(self, round_: int) -> "FitConfig":
         """Settings of refit round ``round_`` (1, 2, ...): warmup x 2^r, target_accept closer to 1."""
@@ -109,7 +115,8 @@ class FitConfig(BaseModel):
         """The fields a batch's identity depends on (not paths, workers or retries)."""
         return self.model_dump(
             mode="json", include={"model", "model_options", "chains", "warmup", "draws", "seed", "target_accept",
-                                  "max_tree_depth", "laplace", "mode", "shards", "combine", "shard_by", "warm_warmup"}
+                                  "max_tree_depth", "laplace", "kernel", "mode", "shards", "combine", "shard_by",
+                                  "warm_warmup"}
         )
 
     def run_id(self, data_fingerprint: str) -> str:

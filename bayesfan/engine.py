@@ -9,8 +9,9 @@ The core is pure functions over arrays, in the style of ``numpyro.infer.hmc``:
   NUTS meets a posterior near N(0, I) from its first iteration instead of spending
   warmup at the depth cap on scales that differ by orders of magnitude.
 * ``fit_batch_program(model, cfg, keys, data, warm=None)`` starts every partition, then
-  runs NUTS (``bayesfan.nuts``) on all chains of the batch at once, one leapfrog step
-  per chain per pass, so no chain waits for another's trajectory. ``keys`` has shape
+  runs NUTS (``bayesfan.nuts``) on all chains of the batch at once: stepwise, one
+  leapfrog step per chain per pass, so no chain waits for another's trajectory, or in
+  lockstep, a whole transition per pass (``choose_kernel``). ``keys`` has shape
   ``(partitions, chains, 2)`` and every leaf of ``data`` a leading ``partitions`` axis.
   Padded rows are switched off by ``data["mask"]``, which the model applies with
   ``numpyro.handlers.mask``. ``warm`` (leading axes ``(partitions, chains)``) starts
@@ -66,10 +67,39 @@ def limit_malloc_arenas(arenas: int = 2) -> None:
         pass
 
 
+def one_compute_thread() -> None:
+    """Start JAX's CPU backend with one XLA compute thread, unless ``BAYESFAN_XLA_THREADS=all``.
+
+    XLA sizes its thread pool by the cores the process may use. A NUTS loop is a long
+    chain of small kernels, so a second thread finds little to do in parallel and spins
+    handing work back and forth: one process on the 2-core box used 1.65x the CPU for
+    the same wall time (benchmarks/README.md). bayesfan runs one process per core, so each
+    gets one thread: the backend starts while the process may use one core only, then
+    every thread gets the cores back. Called at import; a no-op once a backend exists.
+    """
+    from jax._src import xla_bridge
+
+    if (os.environ.get("BAYESFAN_XLA_THREADS") == "all" or not hasattr(os, "sched_setaffinity")
+            or xla_bridge.backends_are_initialized()):
+        return
+    allowed = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {min(allowed)})
+    try:
+        jax.devices("cpu")
+    finally:
+        for thread in os.listdir("/proc/self/task"):
+            try:
+                os.sched_setaffinity(int(thread), allowed)
+            except OSError:  # a thread that has exited
+                pass
+
+
 limit_malloc_arenas()
 
 if int(os.environ.get("BAYESFAN_CPU_DEVICES", "1")) > 1:
     jax.config.update("jax_num_cpu_devices", int(os.environ["BAYESFAN_CPU_DEVICES"]))
+else:
+    one_compute_thread()
 
 
 class SamplerConfig(NamedTuple):
@@ -77,6 +107,10 @@ class SamplerConfig(NamedTuple):
 
     ``laplace``: start a cold fit at the posterior mode and sample in the coordinates
     that whiten the Laplace approximation there (``start_partition``).
+    ``kernel``: how a batch's chains advance (``choose_kernel``): ``"stepwise"``, one
+    leapfrog step per chain per pass, each chain on its own trajectory; ``"lockstep"``,
+    one whole transition per pass, every chain waiting for the batch's longest
+    trajectory; ``"auto"`` picks by the size of a partition's data.
     """
 
     chains: int = 4
@@ -85,6 +119,7 @@ class SamplerConfig(NamedTuple):
     target_accept: float = 0.8
     max_tree_depth: int = 10
     laplace: bool = True
+    kernel: str = "auto"
 
 
 class WarmStart(NamedTuple):
@@ -206,19 +241,56 @@ def _matvec(a: jax.Array, x: jax.Array) -> jax.Array:
     return (a * x[None, :]).sum(axis=1)
 
 
+#: ``kernel="auto"`` runs lockstep for batches of at most LOCKSTEP_MAX_PARTITIONS partitions
+#: whose gradient costs under LOCKSTEP_MAX_FLOPS (XLA's estimate), stepwise otherwise
+#: (measured crossovers, benchmarks/README.md).
+LOCKSTEP_MAX_FLOPS = 5_000
+LOCKSTEP_MAX_PARTITIONS = 32
+
+
+def choose_kernel(kernel: str, gradient_flops: float, partitions: int) -> str:
+    """``"stepwise"`` or ``"lockstep"`` for a batch of ``partitions`` whose gradient costs ``gradient_flops``.
+
+    Stepwise NUTS (``nuts.run``) lets no chain wait for another's trajectory, but does a
+    transition's bookkeeping (merges, adaptation, momentum, keys) on every leapfrog
+    step; lockstep NUTS (``nuts.run_lockstep``) does it once per transition, and each
+    transition costs the batch's longest trajectory. Lockstep wins when a gradient is
+    cheap and the batch small enough that its longest trajectory is close to the typical
+    one; ``"auto"`` decides on those two sizes.
+    """
+    if kernel not in ("auto", "stepwise", "lockstep"):
+        raise ValueError(f"unknown kernel {kernel!r}: auto, stepwise or lockstep")
+    if kernel != "auto":
+        return kernel
+    cheap = gradient_flops < LOCKSTEP_MAX_FLOPS and partitions <= LOCKSTEP_MAX_PARTITIONS
+    return "lockstep" if cheap else "stepwise"
+
+
+def gradient_flops(potential_fn: Callable, data: dict, size: int, dtype) -> float:
+    """XLA's estimate of the flops of one gradient of ``potential_fn(**partition_data)`` at a
+    flat z of ``size``, loops counted in full; ``data`` has a leading partition axis."""
+    one = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape[1:], a.dtype), data)
+    grad = jax.jit(lambda data, z: jax.grad(potential_fn(data))(z))
+    cost = grad.lower(one, jax.ShapeDtypeStruct((size,), dtype)).compile().cost_analysis()
+    return float((cost[0] if isinstance(cost, list) else cost).get("flops", 0.0))
+
+
 def fit_batch_program(model: Callable, cfg: SamplerConfig, keys: jax.Array, data: dict,
                       warm: WarmStart | None = None) -> ChainOutput:
     """Every chain of every partition of a batch, as one program (``compiled_fit`` jits it).
 
-    Each partition starts on its own (``start_partition``); then ``nuts.run`` steps all
-    chains together, one leapfrog step per chain per loop pass, until each has its draws.
+    Each partition starts on its own (``start_partition``); then NUTS runs every chain of
+    the batch at once, stepwise or in lockstep (``choose_kernel``). Both split keys and
+    do arithmetic as NumPyro's ``sample_kernel``, so a chain's draws do not depend on the
+    kernel beyond rounding.
 
     A partition's draws are a function of its data, key and config alone, whatever
-    shares its batch, as long as the batch has fewer than ``nuts.SHRINK *
-    nuts.MIN_BATCH`` partitions. In larger batches the partitions still running when
-    the others are done finish in a smaller batch, whose arithmetic XLA rounds
-    differently at some positions: their draws are then reproducible for the same batch
-    (a rerun, a resume) but differ, as another valid chain would, in another batch.
+    shares its batch, in lockstep and, stepwise, as long as the batch has fewer than
+    ``nuts.SHRINK * nuts.MIN_BATCH`` partitions. In larger stepwise batches the
+    partitions still running when the others are done finish in a smaller batch, whose
+    arithmetic XLA rounds differently at some positions: their draws are then
+    reproducible for the same batch (a rerun, a resume) but differ, as another valid
+    chain would, in another batch.
     """
     settings = nuts.Settings(cfg.warmup, cfg.draws, cfg.max_tree_depth, cfg.target_accept,
                              adapt_mass_matrix=warm is None)
@@ -238,27 +310,39 @@ def fit_batch_program(model: Callable, cfg: SamplerConfig, keys: jax.Array, data
         shift, scale, u0 = start_partition(model, cfg, keys, data, flat_potential(data), warm)
         potential = potential_of(data)
         resume = (None, None) if warm is None else (warm.step_size, warm.inverse_mass_matrix)
-        chains = jax.vmap(lambda key, shift, scale, u, *resume: nuts.init(
+        states = jax.vmap(lambda key, shift, scale, u, *resume: nuts.init_state(
             functools.partial(potential, shift, scale), settings, key, u, *resume))(
             _split_keys(keys)[2], shift, scale, u0, *resume)
-        return shift, scale, chains
+        return shift, scale, states
 
-    def step(context, chains):
-        data, shift, scale = context
-        potential = potential_of(data)
-        return jax.vmap(lambda shift, scale, chain: nuts.step(functools.partial(potential, shift, scale), settings,
-                                                              chain))(shift, scale, chains)
+    def on_chains(advance):
+        """``advance(potential, chain)`` over the chains of one partition with context (data, shift, scale)."""
+        def partition(context, chains):
+            data, shift, scale = context
+            potential = potential_of(data)
+            return jax.vmap(lambda shift, scale, chain: advance(functools.partial(potential, shift, scale), chain))(
+                shift, scale, chains)
+        return partition
 
-    shift, scale, chains = jax.vmap(start)(keys, data, warm)
-    chains = nuts.run(step, settings, chains, (data, shift, scale))
+    shift, scale, states = jax.vmap(start)(keys, data, warm)
+    context = (data, shift, scale)
+    flops = 0.0 if cfg.kernel != "auto" else gradient_flops(flat_potential, data, *shift.shape[-1:], shift.dtype)
+    if choose_kernel(cfg.kernel, flops, keys.shape[0]) == "lockstep":
+        transition = jax.vmap(on_chains(lambda potential, state: nuts.transition(potential, settings, state)))
+        states, draws, stats = nuts.run_lockstep(functools.partial(transition, context), settings, states)
+    else:
+        chains = jax.vmap(jax.vmap(functools.partial(nuts.begin, settings)))(states)
+        chains = nuts.run(on_chains(lambda potential, chain: nuts.step(potential, settings, chain)), settings,
+                          chains, context)
+        states, draws, stats = chains.hmc, chains.draws, chains.stats
 
     def constrain(data, shift, scale, u):
         return info.postprocess_fn(**data)(unravel(shift + _matvec(scale, u)))
 
     per_draw = jax.vmap(constrain, in_axes=(None, None, None, 0))
-    samples = jax.vmap(jax.vmap(per_draw, in_axes=(None, 0, 0, 0)))(data, shift, scale, chains.draws)
-    adapt = chains.hmc.adapt_state
-    return ChainOutput(samples, chains.stats, adapt.step_size, adapt.inverse_mass_matrix, shift, scale)
+    samples = jax.vmap(jax.vmap(per_draw, in_axes=(None, 0, 0, 0)))(data, shift, scale, draws)
+    adapt = states.adapt_state
+    return ChainOutput(samples, stats, adapt.step_size, adapt.inverse_mass_matrix, shift, scale)
 
 
 def start_partition(model: Callable, cfg: SamplerConfig, keys: jax.Array, data: dict, potential: Callable,
@@ -320,9 +404,10 @@ def fit_batch(
 
 _PROGRAMS: dict = {}
 #: The code the program is traced from, hashed into its key (other edits of this module keep stored programs).
-_SOURCE = inspect.getsource(nuts) + "".join(inspect.getsource(f) for f in (
-    find_mode, laplace_scale, _scaled_hessian, _cholesky, _solve_lower, _solve_upper, _matvec, fit_batch_program,
-    start_partition, _split_keys, compiled_fit))
+_SOURCE = inspect.getsource(nuts) + f"{LOCKSTEP_MAX_FLOPS},{LOCKSTEP_MAX_PARTITIONS}" + "".join(
+    inspect.getsource(f) for f in (find_mode, laplace_scale, _scaled_hessian, _cholesky, _solve_lower, _solve_upper,
+                                   _matvec, choose_kernel, gradient_flops, fit_batch_program, start_partition,
+                                   _split_keys, compiled_fit))
 
 
 def batch_program(model: Callable, cfg: SamplerConfig, args: tuple) -> Callable:

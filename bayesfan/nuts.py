@@ -36,6 +36,7 @@ from numpyro.infer.hmc_util import (
     _get_leaf,
     _is_iterative_turning,
     _leaf_idx_to_ckpt_idxs,
+    build_tree,
     euclidean_kinetic_energy,
     velocity_verlet,
     warmup_adapter,
@@ -87,24 +88,34 @@ class Settings(NamedTuple):
     adapt_mass_matrix: bool = True
 
 
-def init(potential_fn: Callable, settings: Settings, key: jax.Array, z: jax.Array,
-         step_size=None, inverse_mass_matrix=None) -> Chain:
-    """A chain at ``z`` about to take its first leapfrog step (NumPyro's ``init_kernel``).
+def init_state(potential_fn: Callable, settings: Settings, key: jax.Array, z: jax.Array,
+               step_size=None, inverse_mass_matrix=None):
+    """NumPyro's ``HMCState`` at ``z`` (its ``init_kernel``), before the first transition.
 
     With ``step_size`` and ``inverse_mass_matrix`` those start the adaptation (a warm
     start passes ``Settings.adapt_mass_matrix=False`` to keep the mass matrix).
     """
     init_kernel, _ = hmc(potential_fn, algo="NUTS")
     given = {} if step_size is None else {"step_size": step_size, "inverse_mass_matrix": inverse_mass_matrix}
-    state = init_kernel(z, settings.warmup, target_accept_prob=settings.target_accept,
-                        max_tree_depth=settings.max_tree_depth, adapt_mass_matrix=settings.adapt_mass_matrix,
-                        rng_key=key, **given)
-    size = z.shape[0]
+    return init_kernel(z, settings.warmup, target_accept_prob=settings.target_accept,
+                       max_tree_depth=settings.max_tree_depth, adapt_mass_matrix=settings.adapt_mass_matrix,
+                       rng_key=key, **given)
+
+
+def init(potential_fn: Callable, settings: Settings, key: jax.Array, z: jax.Array,
+         step_size=None, inverse_mass_matrix=None) -> Chain:
+    """A chain at ``z`` about to take its first leapfrog step: ``begin(init_state(...))``."""
+    return begin(settings, init_state(potential_fn, settings, key, z, step_size, inverse_mass_matrix))
+
+
+def begin(settings: Settings, state) -> Chain:
+    """A chain about to take the first leapfrog step of a transition from ``HMCState`` ``state``."""
+    size = state.z.shape[0]
     tree, energy, (state_key, doubling_key) = _begin_transition(state)
-    stats = {name: jnp.zeros(settings.draws, dtype) for name, dtype in _stat_dtypes(z.dtype).items()}
+    stats = {name: jnp.zeros(settings.draws, dtype) for name, dtype in _stat_dtypes(state.z.dtype).items()}
     return Chain(hmc=state._replace(rng_key=state_key), tree=tree, energy=energy,
-                 draws=jnp.zeros((settings.draws, size), z.dtype), stats=stats,
-                 **_begin_doubling(tree, doubling_key, jnp.zeros((settings.max_tree_depth, size), z.dtype)))
+                 draws=jnp.zeros((settings.draws, size), state.z.dtype), stats=stats,
+                 **_begin_doubling(tree, doubling_key, jnp.zeros((settings.max_tree_depth, size), state.z.dtype)))
 
 
 def step(potential_fn: Callable, settings: Settings, chain: Chain) -> Chain:
@@ -191,6 +202,37 @@ def run(step_partition: Callable, settings: Settings, chains: Chain, context) ->
         running_first = jnp.argsort(jnp.all(chains.hmc.i >= total, axis=1), stable=True)[:smaller]
         index, chains, context = jax.tree.map(lambda a: a[running_first], (index, chains, context))
         size = smaller
+
+
+def transition(potential_fn: Callable, settings: Settings, state):
+    """One whole transition from ``HMCState`` ``state`` (NumPyro's ``sample_kernel``): (state, draw, stats).
+
+    Under ``vmap`` a batch's chains take their transitions in lockstep, each waiting for
+    the batch's longest trajectory, but do the bookkeeping once per transition instead of
+    once per leapfrog step as ``step`` does. The keys are split as in ``step``, so a chain
+    gets the same draws either way (up to rounding).
+    """
+    _, vv_update = velocity_verlet(potential_fn, euclidean_kinetic_energy)
+    start, energy, (state_key, tree_key) = _begin_transition(state)
+    adapt = state.adapt_state
+    tree = build_tree(vv_update, euclidean_kinetic_energy, IntegratorState(state.z, start.r_left,
+                      state.potential_energy, state.z_grad), adapt.inverse_mass_matrix, adapt.step_size,
+                      tree_key, max_delta_energy=MAX_DELTA_ENERGY, max_tree_depth=settings.max_tree_depth)
+    return _end_transition(settings, state._replace(rng_key=state_key), tree)
+
+
+def run_lockstep(transition_all: Callable, settings: Settings, states):
+    """``settings.warmup`` then ``settings.draws`` transitions of every chain; ``transition_all``
+    maps ``transition`` over the batch. Returns (states, draws, stats), draws on axis -2."""
+    def draw(states, _):
+        states, z, stats = transition_all(states)
+        return states, (z, stats)
+
+    states = lax.fori_loop(0, settings.warmup, lambda _, s: transition_all(s)[0], states)
+    states, (draws, stats) = lax.scan(draw, states, None, length=settings.draws)
+    chain_axes = states.i.ndim
+    draws, stats = jax.tree.map(lambda a: jnp.moveaxis(a, 0, chain_axes), (draws, stats))
+    return states, draws, stats
 
 
 def _begin_transition(state) -> tuple[TreeInfo, jax.Array, jax.Array]:

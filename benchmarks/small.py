@@ -70,7 +70,8 @@ def run(quick: bool = False) -> dict:
             "kernel": bayesfan_kernel(model, parts, sampler, plans),
             "kernel_processes": kernel_on_cores(data, sampler, batch_size, processes=min(cores, len(plans)), devices=1),
             "kernel_devices": kernel_on_cores(data, sampler, batch_size, processes=1, devices=cores),
-            "numpyro_loop": numpyro_loop(model, parts, sampler, size["numpyro"]),
+            "numpyro_loop": numpyro_loop(data, sampler, size["numpyro"]),
+            "numpyro_loop_tuned": numpyro_loop(data, sampler, size["numpyro"], tuned=True),
             "pymc_loop": pymc_loop(model, parts, sampler, size["pymc"]),
         }
     fit, by_processes, by_devices = systems["fit"], systems["kernel_processes"], systems["kernel_devices"]
@@ -79,6 +80,7 @@ def run(quick: bool = False) -> dict:
         "one_off": one_off,
         "systems": systems,
         "speedup_vs_numpyro_loop": _ratio(systems["numpyro_loop"], fit),
+        "speedup_vs_numpyro_loop_tuned": _ratio(systems["numpyro_loop_tuned"], fit),
         "speedup_vs_pymc": _ratio(systems["pymc_loop"], fit),
         "pipeline_over_kernel": systems["pipeline"]["wall_s"] / by_processes["wall_s"],
         "fit_over_kernel": fit["wall_s"] / by_processes["wall_s"],
@@ -197,22 +199,18 @@ def kernel_share(data: Path, share: int, shares: int, sampler: SamplerConfig, ba
     return {"ess": ess.tolist()}
 
 
-def numpyro_loop(model, parts: dict, sampler: SamplerConfig, count: int) -> dict:
-    """(c) Stock NumPyro as a user first writes it: a new ``MCMC`` and ``run`` per partition."""
-    from jax import random
-    from numpyro.infer import MCMC, NUTS
-
-    ess = []
-    with warnings.catch_warnings(), measure() as cost:
-        warnings.simplefilter("ignore")  # "not enough devices to run parallel chains": drawn sequentially
-        for i, rows in enumerate(list(parts.values())[:count]):
-            kernel = NUTS(model.model, target_accept_prob=sampler.target_accept,
-                          max_tree_depth=sampler.max_tree_depth)
-            mcmc = MCMC(kernel, num_warmup=sampler.warmup, num_samples=sampler.draws,
-                        num_chains=sampler.chains, progress_bar=False)
-            mcmc.run(random.PRNGKey(i), mask=np.ones(len(rows), bool), **model.arrays(rows))
-            ess.append(ess_bulk_min(mcmc.get_samples(group_by_chain=True)))
-    return figures(cost, count, np.asarray(ess))
+def numpyro_loop(data: Path, sampler: SamplerConfig, count: int, tuned: bool = False) -> dict:
+    """(c) Stock NumPyro as a user first writes it, a new ``MCMC`` and ``run`` per partition, in a
+    fresh process (``benchmarks.numpyro_loop``); ``tuned``: with a warm compilation cache and one
+    XLA thread, as bayesfan's processes run."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "out.json"
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("JAX_", "XLA_"))}
+        subprocess.run([sys.executable, "-m", "benchmarks.numpyro_loop", str(data), str(count),  # noqa: S603
+                        json.dumps(sampler._asdict()), str(out), *(["--tuned"] if tuned else [])],
+                       env=env, check=True)
+        result = json.loads(out.read_text())
+    return figures(Cost(result["wall_s"], result["cpu_s"]), count, np.asarray(result["ess"]))
 
 
 def pymc_loop(model, parts: dict, sampler: SamplerConfig, count: int) -> dict:

@@ -70,6 +70,17 @@ def test_a_warm_start_keeps_the_mass_matrix_and_matches_numpyro():
     np.testing.assert_array_equal(chain.hmc.adapt_state.inverse_mass_matrix, SCALES ** 2)
 
 
+def test_lockstep_transitions_give_numpyros_draws_and_adaptation():
+    key, z0 = random.PRNGKey(3), jnp.array([0.5, -1.0, 0.2])
+    state, draws, steps = numpyro_draws(key, z0)
+    ours = nuts.init_state(potential, SETTINGS, key, z0)
+    ours, lockstep_draws, stats = jax.jit(lambda s: nuts.run_lockstep(
+        lambda s: nuts.transition(potential, SETTINGS, s), SETTINGS, s))(ours)
+    np.testing.assert_array_equal(np.asarray(lockstep_draws), draws)
+    np.testing.assert_array_equal(np.asarray(stats["n_steps"]), steps)
+    assert ours.adapt_state.step_size == state.adapt_state.step_size
+
+
 def correlated(rho, z):
     """A standard Gaussian in z[1:] and z[0] - rho z[1]: near rho = 1 a diagonal mass matrix cannot help,
     and trajectories are long."""
