@@ -47,8 +47,9 @@ def main(data: str, count: int, sampler: dict, out: str, tuned: bool) -> None:
     with warnings.catch_warnings(), tempfile.TemporaryDirectory() as cache:
         warnings.simplefilter("ignore")  # "not enough devices to run parallel chains": drawn sequentially
         if tuned:
-            jax.config.update("jax_compilation_cache_dir", cache)
-            jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+            jax.config.update("jax_compilation_cache_dir", cache)  # as bayesfan's enable_compilation_cache
+            jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+            jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
             fit(len(parts), parts[0])
         with measure() as cost:
             ess = [fit(i, rows) for i, rows in enumerate(parts)]

@@ -77,6 +77,10 @@ def markdown(results: dict) -> str:
                         f"(devices / processes = {_fmt(c['devices_over_processes'])}). The pipeline (split, sample, "
                         f"reduce) over the per-core kernel: {_fmt(small['pipeline_over_kernel'])}; `fit` on its "
                         f"defaults (refits and report included): {_fmt(small['fit_over_kernel'])}."]
+        if small.get("speedup_vs_numpyro_loop_tuned") is not None:
+            out += ["", "`fit` against NumPyro given JAX's compilation cache and one XLA thread "
+                        f"(`numpyro_loop_tuned`): {_fmt(small['speedup_vs_numpyro_loop_tuned'])}x fewer CPU seconds "
+                        "per partition."]
     if "hmm" in results:
         h, p = results["hmm"], results["hmm"]["projection"]
         out += ["", "| hmm | value |", "|---|---|"]

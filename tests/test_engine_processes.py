@@ -56,3 +56,27 @@ def test_sharded_and_unsharded_batches_give_the_same_draws(first, tmp_path):
     one, two = np.load(root / "first.npz"), np.load(tmp_path / "two.npz")
     for name in one.files:
         np.testing.assert_allclose(two[name], one[name], rtol=1e-5, atol=1e-6)
+
+
+XLA_THREADS = '''
+import os
+import jax.numpy as jnp
+import bayesfan.engine
+(jnp.ones((512, 512)) @ jnp.ones((512, 512))).block_until_ready()
+names = [open(f"/proc/self/task/{t}/comm").read().strip() for t in os.listdir("/proc/self/task")]
+print(sum(n.startswith("tf_XLAEigen") for n in names), len(os.sched_getaffinity(0)))
+'''
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity") or len(os.sched_getaffinity(0)) < 2,
+                    reason="needs Linux and two cores")
+@pytest.mark.parametrize("setting, one_thread", [(None, True), ("all", False)])
+def test_each_process_computes_on_one_xla_thread_and_keeps_every_core(setting, one_thread):
+    env = {k: v for k, v in os.environ.items() if k != "BAYESFAN_XLA_THREADS"}
+    env |= {"BAYESFAN_XLA_THREADS": setting} if setting else {}
+    done = subprocess.run([sys.executable, "-c", XLA_THREADS], env=env, capture_output=True, text=True,  # noqa: S603
+                          timeout=300)
+    assert done.returncode == 0, done.stderr
+    threads, cores = map(int, done.stdout.split())
+    assert cores == len(os.sched_getaffinity(0))  # the process may still use every core
+    assert (threads == 1) == one_thread, done.stdout
