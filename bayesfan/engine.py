@@ -26,9 +26,10 @@ stores the traced program with ``jax.export``) nor compile it
 
 With ``BAYESFAN_CPU_DEVICES=n`` (n > 1) the process exposes n CPU devices and a
 batch's partitions are split across them (the same program on each); by default
-bayesfan uses every core through worker processes instead: in the ``small`` benchmark
-one process per core fitted the same batches 1.5x faster than one process with one
-device per core (benchmarks/README.md).
+bayesfan uses every core through worker processes instead, each computing on one XLA
+thread (``one_compute_thread``): in the ``small`` benchmark one process per core fitted
+the same batches 1.08x faster than one process with one device per core
+(benchmarks/README.md).
 """
 
 from __future__ import annotations
