@@ -49,8 +49,6 @@ MAX_DELTA_ENERGY = 1000.0
 SHRINK = 4
 MIN_BATCH = 4
 
-STATS = ("lp", "energy", "diverging", "acceptance_rate", "n_steps", "tree_depth")
-
 
 class Chain(NamedTuple):
     """One chain mid-transition.
@@ -165,7 +163,7 @@ def step(potential_fn: Callable, settings: Settings, chain: Chain) -> Chain:
     unbuffered = {"draws": None, "stats": None}  # the buffers are written in place, never selected
     return _where(active, moved._replace(**unbuffered), chain._replace(**unbuffered))._replace(
         draws=chain.draws.at[kept].set(draw, mode="drop"),
-        stats={name: chain.stats[name].at[kept].set(stats[name], mode="drop") for name in STATS},
+        stats={name: chain.stats[name].at[kept].set(stats[name], mode="drop") for name in chain.stats},
     )
 
 

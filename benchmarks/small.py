@@ -148,12 +148,15 @@ def bayesfan_fit(data: Path, out: Path, sampler: SamplerConfig, **options) -> di
 
 def profile(manifest: dict, cost: Cost) -> dict:
     """Where the pipeline's wall time goes: split, the sampling phase (and inside it, the workers'
-    ``fit_batch`` calls, tracing included), and the rest (API start, flow run, reduce, report)."""
-    timings = manifest["timings"]
+    seconds in ``fit_batch``, tracing included, in the batches' diagnostics and in writing their
+    results), and the rest (API start, flow run, reduce, report)."""
+    timings, batches = manifest["timings"], manifest["batches"].values()
     return {
         "split_s": timings["split_s"],
         "sample_phase_s": timings["sample_s"],
-        "fit_batch_s_all_workers": sum(b["sample_seconds"] for b in manifest["batches"].values()),
+        "fit_batch_s_all_workers": sum(b["sample_seconds"] for b in batches),
+        "diagnose_s_all_workers": sum(b["diagnose_seconds"] for b in batches),
+        "write_s_all_workers": sum(b["write_seconds"] for b in batches),
         "other_s": cost.wall_s - timings["split_s"] - timings["sample_s"],
     }
 

@@ -41,7 +41,7 @@ from tasks.consensus import (
 )
 from tasks.diagnose import SUMMARY_COLUMNS, summarize
 from tasks.load import DataError, check_columns, fingerprint, read_table
-from tasks.reduce import STATUSES, combine_trees, partition_table, write_tree
+from tasks.reduce import STATUSES, batch_entries, combine_trees, partition_table, write_tree
 from tasks.report import build_report
 from tasks.sample import finished_record, load_result
 from tasks.split import BatchPlan, bucket_length, content_hash, padded_size, write_batch_input
@@ -133,9 +133,7 @@ def fit_consensus(config: FitConfig) -> FitResult:
         "input": {"url": config.data, "fingerprint": data_fingerprint, "rows": len(frame)},
         "batches_total": len(plans),
         "batches_reused": len(reused),
-        "batches": {r["batch_id"]: {"index": r["index"], "attempt": r["attempt"],
-                                    "sample_seconds": r["sample_seconds"], "partitions": len(r["partitions"])}
-                    for r in records},
+        "batches": batch_entries(records),
         "failed_batches": failures,
         "improper_fractionated_priors": improper,
         "warnings": [f"prior of {p['site']} ({p['distribution']}) is improper when fractionated: "

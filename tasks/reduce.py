@@ -95,9 +95,7 @@ def reduce_batches(
         "counts": {s: counts.get(s, 0) for s in STATUSES} | {"total": len(partitions)},
         "worst_r_hat": _worst(partitions, "r_hat_max", max),
         "min_ess_bulk": _worst(partitions, "ess_bulk_min", min),
-        "batches": {r["batch_id"]: {"index": r["index"], "attempt": r["attempt"],
-                                    "sample_seconds": r["sample_seconds"], "partitions": len(r["partitions"])}
-                    for r in records},
+        "batches": batch_entries(records),
         "failed_batches": failures,
         "partitions": partitions,
     }
@@ -154,3 +152,11 @@ def write_posterior(store: Store, records: list[dict], keep: list[list[str]]) ->
 def _worst(partitions: dict, field: str, pick):
     values = [p[field] for p in partitions.values() if p.get(field) is not None]
     return pick(values) if values else None
+
+
+def batch_entries(records: list[dict]) -> dict:
+    """The manifest's ``batches``: per batch id its index, attempt, partition count and worker seconds
+    (sampling, diagnostics, writing; a batch from before bayesfan recorded the last two has sampling only)."""
+    return {r["batch_id"]: {"index": r["index"], "attempt": r["attempt"], "partitions": len(r["partitions"]),
+                            **{k: r[k] for k in ("sample_seconds", "diagnose_seconds", "write_seconds") if k in r}}
+            for r in records}

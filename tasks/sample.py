@@ -103,9 +103,10 @@ def sample_batch(config: FitConfig, plan: BatchPlan, attempt: int = 1) -> dict:
     start = time.perf_counter()
     warm = read_warm(store, plan.batch_id, plan.size) if plan.warm else None
     output = fit_batch(model, sampler, keys, data, warm)
-    seconds = time.perf_counter() - start
+    sampled = time.perf_counter()
     tree = to_datatree(output, plan.partitions)
     summary, verdicts = summarize(tree, config.rhat_max, config.ess_min, config.max_divergence_rate)
+    diagnosed = time.perf_counter()
     result_bytes, summary_bytes = pack_tree(tree), _parquet_bytes(summary)
     store.write_bytes(result_bytes, "batches", plan.batch_id, RESULT)
     store.write_bytes(summary_bytes, "batches", plan.batch_id, SUMMARY)
@@ -113,7 +114,9 @@ def sample_batch(config: FitConfig, plan: BatchPlan, attempt: int = 1) -> dict:
         "batch_id": plan.batch_id,
         "index": plan.index,
         "attempt": attempt,
-        "sample_seconds": seconds,
+        "sample_seconds": sampled - start,
+        "diagnose_seconds": diagnosed - sampled,
+        "write_seconds": time.perf_counter() - diagnosed,
         "partitions": verdicts,
         "sha256": {RESULT: sha256(result_bytes), SUMMARY: sha256(summary_bytes)},
     }

@@ -68,10 +68,11 @@ print(sum(n.startswith("tf_XLAEigen") for n in names), len(os.sched_getaffinity(
 '''
 
 
-@pytest.mark.skipif(not hasattr(os, "sched_setaffinity") or len(os.sched_getaffinity(0)) < 2,
-                    reason="needs Linux and two cores")
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="needs Linux")
 @pytest.mark.parametrize("setting, one_thread", [(None, True), ("all", False)])
 def test_each_process_computes_on_one_xla_thread_and_keeps_every_core(setting, one_thread):
+    if len(os.sched_getaffinity(0)) < 2:
+        pytest.skip("this process may use one core only: XLA starts one thread either way")
     env = {k: v for k, v in os.environ.items() if k != "BAYESFAN_XLA_THREADS"}
     env |= {"BAYESFAN_XLA_THREADS": setting} if setting else {}
     done = subprocess.run([sys.executable, "-c", XLA_THREADS], env=env, capture_output=True, text=True,  # noqa: S603

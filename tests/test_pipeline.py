@@ -39,6 +39,8 @@ def test_artifact_contract(first_fit):
     assert manifest["config"]["partition_by"] == ["market", "partition"]
     assert len(manifest["input"]["fingerprint"]) == 64 and manifest["input"]["rows"] == 240
     assert set(manifest["timings"]) >= {"split_s", "sample_s"}
+    for batch in manifest["batches"].values():  # where each batch's worker time went
+        assert min(batch[k] for k in ("sample_seconds", "diagnose_seconds", "write_seconds")) > 0
     assert manifest["counts"]["total"] == 6 and manifest["counts"]["failed"] == 0
     assert sum(manifest["counts"][s] for s in ("ok", "unconverged", "failed", "quarantined")) == 6
     for key, entry in manifest["partitions"].items():
