@@ -127,7 +127,7 @@ def fit(
     laplace: bool = typer.Option(True, "--laplace/--no-laplace", help="start at the posterior mode and sample in "
                                  "coordinates that whiten the Laplace approximation there"),
     kernel: str = typer.Option("auto", help="how a batch's chains advance: stepwise, lockstep, or auto (lockstep "
-                               "for small data and batches)"),
+                               "for cheap gradients and small batches)"),
     report: bool = typer.Option(True, "--report/--no-report", help="write report.html with diagnostic plots"),
     quiet: bool = typer.Option(False, "--quiet", help="no live progress bar (it is off anyway when not a TTY)"),
     as_json: bool = typer.Option(False, "--json", help="print the run summary as JSON"),

@@ -38,8 +38,8 @@ class FitConfig(BaseModel):
     )
     kernel: Literal["auto", "stepwise", "lockstep"] = Field(
         "auto", description="how a batch's chains advance: stepwise (each chain on its own trajectory), lockstep "
-        "(whole transitions, every chain waiting for the batch's longest), or auto (lockstep for small data and "
-        "batches)"
+        "(whole transitions, every chain waiting for the batch's longest), or auto (lockstep for cheap gradients "
+        "and small batches)"
     )
     batch_size: int = Field(32, ge=1, le=65_536, description="most partitions per batch (one task)")
     workers: int | None = Field(None, ge=1, le=1024, description="worker processes (default: CPU count)")

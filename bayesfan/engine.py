@@ -111,7 +111,7 @@ class SamplerConfig(NamedTuple):
     ``kernel``: how a batch's chains advance (``choose_kernel``): ``"stepwise"``, one
     leapfrog step per chain per pass, each chain on its own trajectory; ``"lockstep"``,
     one whole transition per pass, every chain waiting for the batch's longest
-    trajectory; ``"auto"`` picks by the size of a partition's data.
+    trajectory; ``"auto"`` picks by a gradient's cost and the batch's size.
     """
 
     chains: int = 4

@@ -211,7 +211,7 @@ def transition(potential_fn: Callable, settings: Settings, state):
     gets the same draws either way (up to rounding).
     """
     _, vv_update = velocity_verlet(potential_fn, euclidean_kinetic_energy)
-    start, energy, (state_key, tree_key) = _begin_transition(state)
+    start, _, (state_key, tree_key) = _begin_transition(state)
     adapt = state.adapt_state
     tree = build_tree(vv_update, euclidean_kinetic_energy, IntegratorState(state.z, start.r_left,
                       state.potential_energy, state.z_grad), adapt.inverse_mass_matrix, adapt.step_size,
